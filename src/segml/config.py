@@ -1,0 +1,303 @@
+"""The segml configuration: YAML validated by pydantic models.
+
+``load_config`` is the only function that reads a configuration file. Every
+problem in a file (unknown keys, wrong types, impossible values) is reported
+at once, each with its key path, in one :class:`~segml.errors.ConfigError`.
+Relative paths in the file are resolved against the file's own folder, so a
+configuration means the same thing whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segml.errors import ConfigError
+
+Feature = Literal["recency_days", "frequency", "monetary", "tenure_days", "avg_order_value"]
+FEATURES: tuple[str, ...] = get_args(Feature)
+TransformMethod = Literal["log", "rank", "none"]
+Criterion = Literal["silhouette", "calinski_harabasz", "davies_bouldin", "bic"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class CsvOptions(_Strict):
+    """How to read a CSV source."""
+
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    header: bool = True
+    quote: str = Field('"', min_length=1, max_length=1)
+    encoding: Literal["utf-8", "latin-1", "utf-16"] = "utf-8"
+
+
+class ColumnMap(_Strict):
+    """Names of the source's columns. Either ``amount`` or both ``quantity`` and ``unit_price``."""
+
+    customer_id: str
+    timestamp: str
+    order_id: str | None = None
+    amount: str | None = None
+    quantity: str | None = None
+    unit_price: str | None = None
+
+    @model_validator(mode="after")
+    def _amount_or_quantity_times_price(self) -> ColumnMap:
+        has_amount = self.amount is not None
+        has_parts = self.quantity is not None or self.unit_price is not None
+        if has_amount and has_parts:
+            raise ValueError("set either 'amount' or 'quantity' and 'unit_price', not both")
+        if not has_amount and (self.quantity is None or self.unit_price is None):
+            raise ValueError(
+                "the line's value is unknown: set 'amount', or both 'quantity' and 'unit_price'"
+            )
+        return self
+
+
+class ReturnsConfig(_Strict):
+    """What to do with cancellations and returns.
+
+    A line is a return when its amount (or quantity) is negative, or when its
+    order id starts with ``cancel_prefix``. ``net``: returns are subtracted from
+    the customer's spend and never count as orders. ``exclude``: returns are
+    rejected with the reason ``return_excluded``.
+    """
+
+    policy: Literal["net", "exclude"] = "net"
+    cancel_prefix: str | None = "C"
+
+
+class DataConfig(_Strict):
+    """Where the purchases are and how to read them."""
+
+    path: str | None = None
+    url: str | None = None
+    table: str | None = None
+    query: str | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    csv: CsvOptions = CsvOptions()
+    columns: ColumnMap
+    timestamp_format: str | None = None
+    returns: ReturnsConfig = ReturnsConfig()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("set exactly one of 'path' (a CSV or Parquet file) or 'url' (a database)")
+        if self.url is not None and (self.table is None) == (self.query is None):
+            raise ValueError("a database source needs exactly one of 'table' or 'query'")
+        if self.path is not None and (self.table is not None or self.query is not None):
+            raise ValueError("'table' and 'query' apply to a database 'url', not to a file 'path'")
+        return self
+
+
+class WindowConfig(_Strict):
+    """The as-of date and the optional look-back window.
+
+    Features are computed from purchases strictly before ``as_of`` (midnight at
+    the start of that day) and, with ``lookback_days``, on or after
+    ``as_of - lookback_days``. Without ``as_of``, the day after the last valid
+    purchase is used.
+    """
+
+    as_of: dt.date | None = None
+    lookback_days: int | None = Field(None, gt=0)
+
+
+class TransformConfig(_Strict):
+    """How features are transformed before clustering (part of the fitted model)."""
+
+    default: TransformMethod = "log"
+    per_feature: dict[Feature, TransformMethod] = {}
+    scaler: Literal["standard", "robust", "none"] = "standard"
+
+    def method_for(self, feature: str) -> str:
+        return self.per_feature.get(feature, self.default)  # type: ignore[call-overload]
+
+
+class ModelConfig(_Strict):
+    """The clustering model and how the number of segments is chosen."""
+
+    algorithm: Literal["kmeans", "gmm"] = "kmeans"
+    n_clusters: int | None = Field(None, ge=2)
+    k_range: tuple[int, int] = (2, 8)
+    criterion: Criterion = "silhouette"
+    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
+    random_state: int = 0
+    n_init: int = Field(4, ge=1)
+    max_iter: int = Field(300, ge=10)
+    min_segment_share: float = Field(0.02, ge=0.0, lt=0.5)
+    silhouette_sample: int = Field(10_000, ge=100)
+
+    @field_validator("k_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if low < 2 or high < low:
+            raise ValueError(f"needs 2 <= low <= high, got [{low}, {high}]")
+        return value
+
+    @model_validator(mode="after")
+    def _criterion_fits_algorithm(self) -> ModelConfig:
+        if self.criterion == "bic" and self.algorithm != "gmm":
+            raise ValueError("criterion 'bic' needs algorithm 'gmm'; use silhouette, "
+                             "calinski_harabasz or davies_bouldin with kmeans")
+        return self
+
+    @property
+    def candidate_ks(self) -> list[int]:
+        if self.n_clusters is not None:
+            return [self.n_clusters]
+        return list(range(self.k_range[0], self.k_range[1] + 1))
+
+
+class QualityConfig(_Strict):
+    """Settings of the quality report."""
+
+    stability_resamples: int = Field(10, ge=0)
+    stability_sample: int = Field(5_000, ge=100)
+
+
+class NamingRule(_Strict):
+    """One row of the naming table: a name and the score ranges it covers.
+
+    Scores run from 0 to 1 and say where the segment's median customer stands
+    in the whole population: 1 is the most recent, most frequent, biggest
+    spender, longest-standing customer.
+    """
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    recency: tuple[float, float] = (0.0, 1.0)
+    frequency: tuple[float, float] = (0.0, 1.0)
+    monetary: tuple[float, float] = (0.0, 1.0)
+    tenure: tuple[float, float] = (0.0, 1.0)
+
+    @field_validator("recency", "frequency", "monetary", "tenure")
+    @classmethod
+    def _score_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"needs 0 <= low <= high <= 1, got [{low}, {high}]")
+        return value
+
+
+class NamingConfig(_Strict):
+    """How segments are named; ``rules`` replaces the built-in table when given."""
+
+    rules: list[NamingRule] | None = None
+    currency: str = "£"
+
+
+class OutputConfig(_Strict):
+    """Where results are written."""
+
+    dir: str = "outputs"
+
+
+class SegmlConfig(_Strict):
+    """A whole segml configuration."""
+
+    name: str = Field("segml", pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataConfig
+    window: WindowConfig = WindowConfig()
+    features: list[Feature] = ["recency_days", "frequency", "monetary"]
+    transform: TransformConfig = TransformConfig()
+    model: ModelConfig = ModelConfig()
+    quality: QualityConfig = QualityConfig()
+    naming: NamingConfig = NamingConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("features")
+    @classmethod
+    def _distinct_features(cls, value: list[str]) -> list[str]:
+        if len(value) < 2:
+            raise ValueError(f"needs at least 2 features to segment on, got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a feature twice: {value}")
+        return value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class found by following ``loc`` from the root."""
+    model: Any = SegmlConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *get_args(annotation)]
+        for inner in list(candidates):
+            candidates.extend(get_args(inner))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(parent.model_fields) if parent is not None else []
+        return f"{path}: unknown key; allowed keys here are {allowed}"
+    if error["type"] == "missing":
+        return f"{path}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("value_error", "assertion_error"):
+        return f"{path}: {message}"
+    return f"{path}: {message} (got {error.get('input')!r})"
+
+
+def parse_config(raw: Any, source: str = "<config>") -> SegmlConfig:
+    """Validate an already-parsed YAML document; ``source`` names it in messages."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping of keys, got {type(raw).__name__}")
+    try:
+        return SegmlConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        plural = "problem" if len(problems) == 1 else "problems"
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{source}: {len(problems)} {plural} in the configuration:\n{lines}") from None
+
+
+def _resolve(path: str, base: Path) -> str:
+    candidate = Path(path).expanduser()
+    return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+
+
+def load_config(path: str | Path) -> SegmlConfig:
+    """Read, validate and resolve a YAML configuration file.
+
+    Relative ``data.path`` and ``output.dir`` are made absolute against the
+    folder holding the file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {str(path)!r} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    config = parse_config(raw, source=str(path))
+    base = path.resolve().parent
+    data = config.data
+    if data.path is not None:
+        data = data.model_copy(update={"path": _resolve(data.path, base)})
+    output = config.output.model_copy(update={"dir": _resolve(config.output.dir, base)})
+    return config.model_copy(update={"data": data, "output": output})

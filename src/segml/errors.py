@@ -1,0 +1,21 @@
+"""Exceptions raised by segml.
+
+Every message says what was wrong, the value seen and what to change, so the
+command line can print it as is, without a traceback.
+"""
+
+
+class SegmlError(Exception):
+    """Base class of every error segml raises on purpose."""
+
+
+class ConfigError(SegmlError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class InputDataError(SegmlError):
+    """The purchase data cannot be used as the configuration describes."""
+
+
+class SegmentationError(SegmlError):
+    """No segmentation satisfies the model settings on this data."""

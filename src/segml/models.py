@@ -1,0 +1,198 @@
+"""Transforming features, fitting KMeans or Gaussian mixtures, and choosing k.
+
+The fitted :class:`SegmentModel` carries its feature transform, so a customer
+scored later goes through exactly the same log/rank transform and scaling as
+the customers it was fitted on. Segments are numbered canonically (largest
+first), so the same data and configuration give the same numbers whatever the
+row order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.cluster import KMeans
+from sklearn.compose import ColumnTransformer
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from sklearn.mixture import GaussianMixture
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, QuantileTransformer, RobustScaler, StandardScaler
+
+from segml.config import ModelConfig, TransformConfig
+from segml.errors import SegmentationError
+
+log = logging.getLogger(__name__)
+
+#: For each criterion, whether a larger value is better.
+CRITERIA: dict[str, bool] = {
+    "silhouette": True,
+    "calinski_harabasz": True,
+    "davies_bouldin": False,
+    "bic": False,
+}
+
+
+def log1p_nonnegative(X: np.ndarray) -> np.ndarray:
+    """``log(1 + x)`` with negative values clipped to 0 (a module-level function so models pickle)."""
+    return np.log1p(np.clip(X, 0.0, None))
+
+
+def build_transform(features: list[str], config: TransformConfig) -> Pipeline:
+    """The feature transform: per-feature log or rank, then scaling."""
+    steps = []
+    for feature in features:
+        method = config.method_for(feature)
+        if method == "log":
+            step = FunctionTransformer(log1p_nonnegative, feature_names_out="one-to-one")
+        elif method == "rank":
+            step = QuantileTransformer(n_quantiles=1000, output_distribution="uniform", subsample=200_000,
+                                       random_state=0)
+        else:
+            step = "passthrough"
+        steps.append((f"{method}_{feature}", step, [feature]))
+    scaler = {"standard": StandardScaler(), "robust": RobustScaler(), "none": "passthrough"}[config.scaler]
+    return Pipeline([("features", ColumnTransformer(steps, verbose_feature_names_out=False)),
+                     ("scale", scaler)])
+
+
+def build_estimator(config: ModelConfig, n_clusters: int) -> KMeans | GaussianMixture:
+    """An unfitted scikit-learn estimator for ``n_clusters`` segments."""
+    if config.algorithm == "kmeans":
+        return KMeans(n_clusters=n_clusters, n_init=config.n_init, max_iter=config.max_iter,
+                      random_state=config.random_state)
+    return GaussianMixture(n_components=n_clusters, covariance_type=config.covariance_type,
+                           n_init=config.n_init, max_iter=config.max_iter, random_state=config.random_state,
+                           reg_covar=1e-5)
+
+
+@dataclass
+class SegmentModel:
+    """A fitted segmentation: feature transform, estimator and canonical segment order.
+
+    ``order_[raw_label]`` is the segment number of the estimator's component
+    ``raw_label``; segments are numbered 0, 1, ... from the largest.
+    """
+
+    features: list[str]
+    transform_: Pipeline
+    estimator_: KMeans | GaussianMixture
+    order_: np.ndarray
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.order_)
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """Features in the model's space (transformed and scaled)."""
+        return np.asarray(self.transform_.transform(X[self.features]), dtype=float)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """Segment number of every row of ``X``."""
+        return self.order_[self.estimator_.predict(self.transform(X))]
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Membership probability of every segment, columns in segment order.
+
+        KMeans assigns hard segments, so its probabilities are 0 or 1.
+        """
+        Z = self.transform(X)
+        if isinstance(self.estimator_, GaussianMixture):
+            raw = self.estimator_.predict_proba(Z)
+        else:
+            raw = np.eye(self.n_segments)[self.estimator_.predict(Z)]
+        proba = np.empty_like(raw)
+        proba[:, self.order_] = raw
+        return proba
+
+
+def _canonical_order(raw_labels: np.ndarray, n_clusters: int, Z: np.ndarray) -> np.ndarray:
+    """Map raw labels to segment numbers: largest segment first, ties by centroid."""
+    sizes = np.bincount(raw_labels, minlength=n_clusters)
+    centroids = np.array([Z[raw_labels == j].mean(axis=0) if sizes[j] else np.full(Z.shape[1], np.inf)
+                          for j in range(n_clusters)])
+    keys = [(-sizes[j], *centroids[j].round(9)) for j in range(n_clusters)]
+    ranked = sorted(range(n_clusters), key=lambda j: keys[j])
+    order = np.empty(n_clusters, dtype=int)
+    order[ranked] = np.arange(n_clusters)
+    return order
+
+
+def score_partition(Z: np.ndarray, labels: np.ndarray, silhouette_sample: int, random_state: int) -> dict[str, float]:
+    """Silhouette (on a fixed-seed sample), Calinski–Harabasz and Davies–Bouldin of one partition."""
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        return {"silhouette": np.nan, "calinski_harabasz": np.nan, "davies_bouldin": np.nan}
+    sample = min(silhouette_sample, len(labels))
+    return {
+        "silhouette": float(silhouette_score(Z, labels, sample_size=sample, random_state=random_state)),
+        "calinski_harabasz": float(calinski_harabasz_score(Z, labels)),
+        "davies_bouldin": float(davies_bouldin_score(Z, labels)),
+    }
+
+
+def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfig,
+                 model: ModelConfig) -> tuple[SegmentModel, pd.DataFrame]:
+    """Fit every candidate k, choose one and return it with every candidate's scores.
+
+    Parameters
+    ----------
+    X : DataFrame
+        One row per customer with at least the ``features`` columns.
+    features, transform, model
+        From the configuration.
+
+    Returns
+    -------
+    model : SegmentModel
+        The chosen segmentation.
+    candidates : DataFrame
+        One row per candidate k: ``k``, ``silhouette``, ``calinski_harabasz``,
+        ``davies_bouldin``, ``bic`` (mixtures), ``inertia`` (KMeans),
+        ``min_share``, ``eligible`` (every segment at least
+        ``min_segment_share``) and ``chosen``.
+    """
+    n = len(X)
+    ks = model.candidate_ks
+    if n < max(ks) + 1:
+        raise SegmentationError(
+            f"{n} customers are too few for {max(ks)} segments; lower model.k_range or model.n_clusters, "
+            "or widen the window"
+        )
+    transformer = clone(build_transform(features, transform))
+    Z = np.asarray(transformer.fit_transform(X[features]), dtype=float)
+    rows, fitted = [], {}
+    for k in ks:
+        estimator = build_estimator(model, k).fit(Z)
+        labels = estimator.predict(Z)
+        shares = np.bincount(labels, minlength=k) / n
+        row = {"k": k, **score_partition(Z, labels, model.silhouette_sample, model.random_state)}
+        row["bic"] = float(estimator.bic(Z)) if isinstance(estimator, GaussianMixture) else np.nan
+        row["inertia"] = float(estimator.inertia_) if isinstance(estimator, KMeans) else np.nan
+        row["min_share"] = float(shares.min())
+        row["eligible"] = bool(shares.min() >= model.min_segment_share and shares.min() > 0
+                               and not np.isnan(row[model.criterion]))
+        rows.append(row)
+        fitted[k] = (estimator, labels)
+        log.info("k=%d: %s=%.4f, smallest segment %.1f%%", k, model.criterion, row[model.criterion],
+                 100 * row["min_share"])
+    candidates = pd.DataFrame(rows)
+    eligible = candidates[candidates["eligible"]]
+    if eligible.empty:
+        seen = ", ".join(f"k={r.k}: {100 * r.min_share:.1f}%" for r in candidates.itertuples())
+        raise SegmentationError(
+            f"every candidate has a segment smaller than model.min_segment_share="
+            f"{model.min_segment_share:g} (smallest shares {seen}); lower model.min_segment_share "
+            "or try fewer segments"
+        )
+    higher_better = CRITERIA[model.criterion]
+    scores = eligible[model.criterion] * (1 if higher_better else -1)
+    best_k = int(eligible.loc[scores.idxmax(), "k"])  # idxmax takes the first, i.e. the smallest k, on ties
+    candidates["chosen"] = candidates["k"] == best_k
+    estimator, labels = fitted[best_k]
+    segment_model = SegmentModel(features=list(features), transform_=transformer, estimator_=estimator,
+                                 order_=_canonical_order(labels, best_k, Z))
+    return segment_model, candidates

@@ -1,0 +1,54 @@
+"""Writing result tables to files, atomically.
+
+A file is written under a temporary name in the destination folder and then
+renamed over the final name, so a crash never leaves half a file where a CRM
+import or a later run would read it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """UTF-8 CSV with a header, ISO dates and no index column."""
+    return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8",
+                                                       date_format="%Y-%m-%d"))
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def write_results(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    """Write the assignment table (CSV and Parquet) and every other table as CSV into ``folder``.
+
+    ``tables`` maps a file stem (``segments``, ``candidates``...) to its
+    frame. Returns the written paths by name.
+    """
+    written = {
+        "assignments_csv": write_csv(assignments, folder / "assignments.csv"),
+        "assignments_parquet": write_parquet(assignments, folder / "assignments.parquet"),
+    }
+    for stem, frame in tables.items():
+        written[stem] = write_csv(frame, folder / f"{stem}.csv")
+    return written

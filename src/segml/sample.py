@@ -1,0 +1,154 @@
+"""Seeded sample purchases from known behavioural groups.
+
+Used by ``segml demo`` and by tests that check the known groups come back.
+Every customer belongs to one :data:`GROUPS` entry, which fixes the ranges of
+its recency, number of orders, tenure and typical order value. With
+``messy=True`` the lines also carry what real exports carry: missing customer
+ids, exact duplicates, zero prices, unparseable dates and cancellations
+(order id prefixed with ``C`` and a negative quantity).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Group:
+    """Ranges that define one behavioural group (days are before the as-of date)."""
+
+    share: float
+    recency_days: tuple[int, int]
+    orders: tuple[int, int]
+    extra_tenure_days: tuple[int, int]
+    order_value: float
+
+
+GROUPS: dict[str, Group] = {
+    "champions": Group(0.15, (1, 15), (18, 35), (400, 700), 120.0),
+    "new": Group(0.25, (1, 20), (1, 2), (0, 10), 40.0),
+    "at_risk": Group(0.20, (150, 300), (6, 12), (300, 500), 80.0),
+    "lost": Group(0.25, (400, 700), (1, 2), (0, 60), 30.0),
+    "big_spenders": Group(0.15, (20, 90), (2, 4), (150, 500), 1500.0),
+}
+
+SAMPLE_AS_OF = dt.date(2024, 1, 1)
+SAMPLE_COLUMNS = ["order_id", "customer_id", "purchased_at", "product", "quantity", "unit_price"]
+
+
+def generate_purchases(n_customers: int = 2000, as_of: dt.date = SAMPLE_AS_OF, seed: int = 0,
+                       messy: bool = True, groups: dict[str, Group] | None = None,
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Purchase lines of ``n_customers`` customers, all before ``as_of``.
+
+    Returns ``(lines, truth)``: ``lines`` has the columns of
+    :data:`SAMPLE_COLUMNS` (``purchased_at`` as text, ``YYYY-MM-DD HH:MM:SS``);
+    ``truth`` has one row per customer with its ``group``.
+    """
+    groups = groups or GROUPS
+    rng = np.random.default_rng(seed)
+    names = list(groups)
+    shares = np.array([groups[g].share for g in names])
+    counts = np.floor(shares / shares.sum() * n_customers).astype(int)
+    counts[: n_customers - counts.sum()] += 1
+    group_of = np.repeat(np.arange(len(names)), counts)
+    customers = np.array([f"{10001 + i}" for i in range(n_customers)])
+
+    def draw(attr: str, integer: bool = True) -> np.ndarray:
+        low = np.array([getattr(groups[g], attr)[0] for g in names])[group_of]
+        high = np.array([getattr(groups[g], attr)[1] for g in names])[group_of]
+        return rng.integers(low, high + 1) if integer else rng.uniform(low, high)
+
+    recency = draw("recency_days")
+    n_orders = draw("orders")
+    first = recency + draw("extra_tenure_days")
+    value = np.array([groups[g].order_value for g in names])[group_of]
+
+    # Orders: the first and last purchase days are fixed, the others fall uniformly between.
+    owner = np.repeat(np.arange(n_customers), n_orders)
+    position = np.concatenate([np.arange(k) for k in n_orders])
+    between = rng.uniform(recency[owner], first[owner])
+    days_before = np.where(position == 0, first[owner],
+                           np.where(position == n_orders[owner] - 1, recency[owner], between)).round().astype(int)
+    seconds = rng.integers(8 * 3600, 20 * 3600, size=len(owner))
+    order_time = (pd.Timestamp(as_of) - pd.to_timedelta(days_before, unit="D")
+                  + pd.to_timedelta(seconds, unit="s"))
+    order_value = value[owner] * rng.lognormal(0.0, 0.25, size=len(owner))
+    order_no = 100001 + np.argsort(np.argsort(order_time.to_numpy(), kind="stable"), kind="stable")
+
+    # Lines: 1-4 per order splitting the order's value.
+    n_lines = rng.integers(1, 5, size=len(owner))
+    line_order = np.repeat(np.arange(len(owner)), n_lines)
+    weights = rng.uniform(0.5, 1.5, size=len(line_order))
+    weight_sum = np.bincount(line_order, weights=weights)
+    line_value = order_value[line_order] * weights / weight_sum[line_order]
+    quantity = rng.integers(1, 7, size=len(line_order))
+    unit_price = np.maximum(np.round(line_value / quantity, 2), 0.01)
+    lines = pd.DataFrame({
+        "order_id": order_no[line_order].astype(str),
+        "customer_id": customers[owner[line_order]],
+        "purchased_at": order_time[line_order].strftime("%Y-%m-%d %H:%M:%S"),
+        "product": [f"P{p:04d}" for p in rng.integers(1, 500, size=len(line_order))],
+        "quantity": quantity,
+        "unit_price": unit_price,
+    })
+    if messy:
+        lines = _add_mess(lines, rng)
+    lines = lines.sort_values(["purchased_at", "order_id"], kind="stable").reset_index(drop=True)
+    truth = pd.DataFrame({"customer_id": customers, "group": np.array(names)[group_of]})
+    return lines, truth
+
+
+def _add_mess(lines: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Add the faults real exports have; every added line is identifiable by its fault."""
+    n = len(lines)
+    pick = lambda share: lines.iloc[rng.choice(n, size=max(1, int(share * n)), replace=False)].copy()  # noqa: E731
+    anonymous = pick(0.03).assign(customer_id=None)
+    duplicates = pick(0.01)
+    free = pick(0.005).assign(unit_price=0.0)
+    bad_dates = pick(0.002).assign(purchased_at="not a date")
+    cancelled = pick(0.01)
+    cancelled["quantity"] = -rng.integers(1, 2, size=len(cancelled)) * np.minimum(cancelled["quantity"], 1)
+    cancelled["order_id"] = "C" + cancelled["order_id"]
+    return pd.concat([lines, anonymous, duplicates, free, bad_dates, cancelled], ignore_index=True)
+
+
+#: The configuration ``segml demo`` uses for the sample data (``configs/sample.yaml`` documents it).
+SAMPLE_CONFIG: dict = {
+    "name": "sample",
+    "data": {
+        "path": "data/sample_purchases.csv",
+        "columns": {
+            "customer_id": "customer_id",
+            "timestamp": "purchased_at",
+            "order_id": "order_id",
+            "quantity": "quantity",
+            "unit_price": "unit_price",
+        },
+        "timestamp_format": "%Y-%m-%d %H:%M:%S",
+        "returns": {"policy": "net", "cancel_prefix": "C"},
+    },
+    "window": {"as_of": SAMPLE_AS_OF.isoformat()},
+    "features": ["recency_days", "frequency", "monetary"],
+    "model": {"algorithm": "kmeans", "k_range": [2, 8], "criterion": "silhouette"},
+    "output": {"dir": "outputs"},
+}
+
+
+def write_sample(folder: Path, n_customers: int = 3000, seed: int = 0) -> Path:
+    """Write sample purchases and their configuration into ``folder``; returns the configuration's path."""
+    import yaml
+
+    from segml.outputs import write_csv
+
+    folder = Path(folder)
+    lines, _ = generate_purchases(n_customers=n_customers, seed=seed)
+    write_csv(lines, folder / SAMPLE_CONFIG["data"]["path"])
+    config_path = folder / "segml.yaml"
+    config_path.write_text(yaml.safe_dump(SAMPLE_CONFIG, sort_keys=False), encoding="utf-8")
+    return config_path

@@ -1,0 +1,127 @@
+"""From purchases to named, scored segments: the steps in order.
+
+:func:`prepare_purchases` is the I/O edge (it reads the source into DuckDB and
+applies the data contract); :func:`segment_customers` is pure: it takes the
+feature table and returns every result as frames. Flows and the command line
+call these two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from segml import features as feature_module
+from segml import quality
+from segml.config import SegmlConfig, WindowConfig
+from segml.models import SegmentModel, fit_segments
+from segml.profiles import name_segments, profile_segments
+from segml.sources import connect, register_frame, register_source
+from segml.validation import ContractReport, classify_lines, rejected_lines
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENT_COLUMNS = ["customer_id", "segment_id", "segment_name", "segment_probability", "recency_days",
+                      "frequency", "monetary", "tenure_days", "avg_order_value", "as_of"]
+
+
+@dataclass
+class Purchases:
+    """Purchases read and checked: the features per customer and the contract's accounting."""
+
+    report: ContractReport
+    features: pd.DataFrame
+    excluded: pd.DataFrame
+    rejected: pd.DataFrame
+
+
+@dataclass
+class SegmentationResult:
+    """Everything one segmentation produces, as frames."""
+
+    as_of: dt.date
+    model: SegmentModel
+    candidates: pd.DataFrame
+    assignments: pd.DataFrame
+    segments: pd.DataFrame
+    homogeneity: pd.DataFrame
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
+                      as_of: dt.date | None = None, config_name: str = "the configuration",
+                      con: duckdb.DuckDBPyConnection | None = None) -> Purchases:
+    """Read the configured source (or ``frame``), apply the data contract and compute features.
+
+    ``as_of`` overrides ``window.as_of`` from the configuration.
+    """
+    con = con or connect()
+    if frame is not None:
+        register_frame(con, frame, config.data.columns, config_name)
+    else:
+        register_source(con, config.data, config_name)
+    window = config.window if as_of is None else WindowConfig(as_of=as_of,
+                                                              lookback_days=config.window.lookback_days)
+    report = classify_lines(con, config.data, window)
+    features, excluded = feature_module.compute_features(con, report.as_of)
+    log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
+             excluded["reason"].value_counts().to_dict())
+    return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con))
+
+
+def segment_customers(features: pd.DataFrame, config: SegmlConfig, as_of: dt.date) -> SegmentationResult:
+    """Fit, choose k, score quality, profile and name the segments of ``features``.
+
+    ``features`` is the table from :func:`segml.features.compute_features`,
+    indexed by ``customer_id``. The result is the same for the same rows in any
+    order: customers are sorted by id before fitting.
+    """
+    features = features.sort_index()
+    model, candidates = fit_segments(features, list(config.features), config.transform, config.model)
+    Z = model.transform(features)
+    labels = model.predict(features)
+    proba = model.predict_proba(features)
+    k = model.n_segments
+
+    homogeneity = quality.score_homogeneity(features[model.features], Z, labels, k)
+    silhouettes = quality.segment_silhouettes(Z, labels, k, config.model.silhouette_sample,
+                                              config.model.random_state)
+    ari, jaccard = quality.score_stability(model, Z, labels, config.quality.stability_resamples,
+                                           config.quality.stability_sample, config.model.random_state)
+    is_mixture = config.model.algorithm == "gmm"
+    summary = quality.summarise_quality(homogeneity, labels, k, silhouettes, jaccard,
+                                        proba.max(axis=1) if is_mixture else None)
+    profiles = name_segments(profile_segments(features, labels, k), features, config.naming)
+    segments = profiles.merge(summary.drop(columns=["size", "share"]), on="segment")
+    segments.insert(0, "segment_id", segments.pop("segment"))
+
+    names = segments.set_index("segment_id")["segment_name"]
+    assignments = features.reset_index()
+    assignments.insert(1, "segment_id", labels)
+    assignments.insert(2, "segment_name", names.loc[labels].to_numpy())
+    assignments.insert(3, "segment_probability", proba[np.arange(len(labels)), labels])
+    assignments["as_of"] = as_of
+    assignments = assignments[ASSIGNMENT_COLUMNS]
+
+    chosen = candidates[candidates["chosen"]].iloc[0]
+    metrics = {
+        "n_segments": float(k),
+        "homogeneity": quality.overall_homogeneity(summary),
+        "homogeneity_original": quality.overall_homogeneity(summary, "homogeneity_original"),
+        "explained_variance": quality.explained_variance(Z, labels),
+        "silhouette": float(chosen["silhouette"]),
+        "calinski_harabasz": float(chosen["calinski_harabasz"]),
+        "davies_bouldin": float(chosen["davies_bouldin"]),
+        "stability_ari": ari,
+        "segment_share_min": float(summary["share"].min()),
+        "customers": float(len(features)),
+    }
+    if is_mixture:
+        metrics["bic"] = float(chosen["bic"])
+    return SegmentationResult(as_of=as_of, model=model, candidates=candidates, assignments=assignments,
+                              segments=segments, homogeneity=homogeneity, metrics=metrics)

@@ -1,0 +1,157 @@
+"""Reading purchases into DuckDB.
+
+Every source ends up as one DuckDB relation named ``raw_purchases`` holding the
+source's columns exactly as they are, so that the data contract
+(:mod:`segml.validation`) and the features (:mod:`segml.features`) run as SQL
+inside the engine. Files are scanned lazily (a view); a database table or query
+is streamed in chunks through SQLAlchemy into a DuckDB table, because DuckDB's
+own database scanners are extensions that would have to be downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from segml.config import ColumnMap, DataConfig
+from segml.errors import InputDataError
+
+log = logging.getLogger(__name__)
+
+RAW = "raw_purchases"
+_SQL_CHUNK_ROWS = 200_000
+
+
+def connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB connection for one segmentation."""
+    con = duckdb.connect(":memory:")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    return con
+
+
+def quote(name: str) -> str:
+    """Quote an identifier for DuckDB SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _file_format(data: DataConfig) -> str:
+    if data.format != "auto":
+        return data.format
+    suffixes = [s.lower() for s in Path(data.path or "").suffixes]
+    if ".parquet" in suffixes or ".pq" in suffixes:
+        return "parquet"
+    if ".csv" in suffixes or ".txt" in suffixes or ".tsv" in suffixes:
+        return "csv"
+    raise InputDataError(
+        f"cannot tell the format of {data.path!r} from its name; "
+        "set data.format to 'csv' or 'parquet' in the configuration"
+    )
+
+
+def _register_file(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
+    path = Path(data.path or "")
+    if not path.exists():
+        raise InputDataError(f"purchase file {str(path)!r} not found; check data.path in the configuration")
+    fmt = _file_format(data)
+    if fmt == "parquet":
+        scan = f"read_parquet({_sql_string(str(path))})"
+    else:
+        csv = data.csv
+        # Every column is read as text so that a malformed value becomes a
+        # rejected line with its reason instead of a failed read.
+        scan = (
+            f"read_csv({_sql_string(str(path))}, all_varchar = true, header = {str(csv.header).lower()}, "
+            f"delim = {_sql_string(csv.delimiter)}, quote = {_sql_string(csv.quote)}, "
+            f"encoding = {_sql_string(csv.encoding)})"
+        )
+    try:
+        con.execute(f"CREATE OR REPLACE VIEW {RAW} AS SELECT * FROM {scan}")
+        con.execute(f"SELECT * FROM {RAW} LIMIT 0")
+    except duckdb.Error as exc:
+        raise InputDataError(f"cannot read {fmt} file {str(path)!r}: {exc}") from None
+
+
+def _register_sql(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
+    import sqlalchemy as sa
+
+    from_what = f"table {data.table!r}" if data.table else "the configured query"
+    engine = sa.create_engine(data.url or "")
+    statement = sa.select(sa.text("*")).select_from(sa.table(data.table)) if data.table else sa.text(data.query or "")
+    con.execute(f"DROP TABLE IF EXISTS {RAW}")
+    created = False
+    try:
+        with engine.connect() as connection:
+            for chunk in pd.read_sql(statement, connection, chunksize=_SQL_CHUNK_ROWS):
+                con.register("_chunk", chunk)
+                if created:
+                    con.execute(f"INSERT INTO {RAW} SELECT * FROM _chunk")
+                else:
+                    con.execute(f"CREATE TABLE {RAW} AS SELECT * FROM _chunk")
+                    created = True
+                con.unregister("_chunk")
+    except sa.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise InputDataError(
+            f"cannot read {from_what} from the database at {engine.url.render_as_string(hide_password=True)}: "
+            f"{reason}; check data.url and data.table or data.query"
+        ) from None
+    finally:
+        engine.dispose()
+    if not created:
+        raise InputDataError(f"{from_what} returned no columns; check data.table or data.query")
+
+
+def register_source(con: duckdb.DuckDBPyConnection, data: DataConfig, config_name: str = "the configuration") -> list[str]:
+    """Make the configured source available as ``raw_purchases`` and check its columns.
+
+    Returns the source's column names. ``config_name`` (usually the YAML file)
+    is named in the message when a mapped column is missing.
+    """
+    if data.url is not None:
+        _register_sql(con, data)
+    else:
+        _register_file(con, data)
+    columns = columns_of(con)
+    check_columns(columns, data.columns, config_name)
+    return columns
+
+
+def register_frame(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, columns: ColumnMap | None = None,
+                   config_name: str = "the configuration") -> list[str]:
+    """Use an in-memory frame of purchase lines as ``raw_purchases``."""
+    con.register("_frame", frame)
+    con.execute(f"CREATE OR REPLACE TABLE {RAW} AS SELECT * FROM _frame")
+    con.unregister("_frame")
+    found = columns_of(con)
+    if columns is not None:
+        check_columns(found, columns, config_name)
+    return found
+
+
+def columns_of(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE {RAW}").fetchall()]
+
+
+def column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    return {row[0]: row[1] for row in con.execute(f"DESCRIBE {RAW}").fetchall()}
+
+
+def check_columns(found: list[str], columns: ColumnMap, config_name: str) -> None:
+    """Fail with one message naming every mapped column the source lacks."""
+    missing = [
+        (key, name) for key, name in columns.model_dump().items() if name is not None and name not in found
+    ]
+    if not missing:
+        return
+    parts = [f"column {name!r} not found (set data.columns.{key})" for key, name in missing]
+    raise InputDataError(
+        f"{'; '.join(parts)}; the source's columns are {found}; change the mapping in {config_name}"
+    )
