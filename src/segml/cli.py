@@ -22,8 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML configuration file, e.g. configs/online_retail.yaml.")]
 AsOfOpt = Annotated[
@@ -38,17 +38,17 @@ def _fail(exc: BaseException, debug: bool) -> None:
     if debug or not isinstance(exc, SegmlError):
         console.print(traceback.format_exc(), markup=False, highlight=False)
     if isinstance(exc, SegmlError):
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
 def _summary_table(segments, metrics) -> Table:
     table = Table(title=f"{int(metrics['n_segments'])} segments, homogeneity {metrics['homogeneity']:.2f}")
-    for column in ("id", "name", "customers", "share", "revenue", "homogeneity", "description"):
-        table.add_column(column, overflow="fold")
+    for column in ("id", "name", "customers", "share", "revenue", "homogeneity"):
+        table.add_column(column, justify="left" if column == "name" else "right")
     for row in segments.itertuples():
         table.add_row(str(row.segment_id), row.segment_name, f"{row.size:,}", f"{row.share:.0%}",
-                      f"{row.revenue_share:.0%}", f"{row.homogeneity:.2f}", row.description)
+                      f"{row.revenue_share:.0%}", f"{row.homogeneity:.2f}")
     return table
 
 
@@ -76,6 +76,8 @@ def run_config(config: SegmlConfig, config_name: str, as_of: dt.date | None) -> 
             "excluded_customers": purchases.excluded,
         })
     out.print(_summary_table(result.segments, result.metrics))
+    for row in result.segments.itertuples():
+        out.print(f"  {row.segment_id} [bold]{row.segment_name}[/]: {row.description}", highlight=False)
     return folder
 
 

@@ -68,7 +68,9 @@ def compute_features(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd
                 max(ts) FILTER (WHERE NOT is_return) AS last_purchase,
                 min(ts) FILTER (WHERE NOT is_return) AS first_purchase,
                 count(DISTINCT order_key) FILTER (WHERE NOT is_return) AS frequency,
-                sum(amount) AS monetary
+                -- Compensated sum, rounded to 1e-6, so a fully cancelled order nets to exactly 0
+                -- whatever the order in which the engine adds the lines.
+                round(fsum(amount), 6) AS monetary
             FROM {LINES}
             WHERE status = 'used'
             GROUP BY customer_id

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
@@ -41,15 +40,18 @@ def log1p_nonnegative(X: np.ndarray) -> np.ndarray:
     return np.log1p(np.clip(X, 0.0, None))
 
 
-def build_transform(features: list[str], config: TransformConfig) -> Pipeline:
-    """The feature transform: per-feature log or rank, then scaling."""
+def build_transform(features: list[str], config: TransformConfig, n_samples: int = 1000) -> Pipeline:
+    """The feature transform: per-feature log or rank, then scaling.
+
+    Ranks use at most 1,000 quantiles (fewer when there are fewer customers).
+    """
     steps = []
     for feature in features:
         method = config.method_for(feature)
         if method == "log":
             step = FunctionTransformer(log1p_nonnegative, feature_names_out="one-to-one")
         elif method == "rank":
-            step = QuantileTransformer(n_quantiles=1000, output_distribution="uniform", subsample=200_000,
+            step = QuantileTransformer(n_quantiles=max(2, min(1000, n_samples)), output_distribution="uniform", subsample=200_000,
                                        random_state=0)
         else:
             step = "passthrough"
@@ -162,7 +164,7 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
             f"{n} customers are too few for {max(ks)} segments; lower model.k_range or model.n_clusters, "
             "or widen the window"
         )
-    transformer = clone(build_transform(features, transform))
+    transformer = build_transform(features, transform, n_samples=n)
     Z = np.asarray(transformer.fit_transform(X[features]), dtype=float)
     rows, fitted = [], {}
     for k in ks:

@@ -99,6 +99,8 @@ def segment_customers(features: pd.DataFrame, config: SegmlConfig, as_of: dt.dat
     profiles = name_segments(profile_segments(features, labels, k), features, config.naming)
     segments = profiles.merge(summary.drop(columns=["size", "share"]), on="segment")
     segments.insert(0, "segment_id", segments.pop("segment"))
+    segments.insert(1, "segment_name", segments.pop("segment_name"))
+    segments.insert(2, "description", segments.pop("description"))
 
     names = segments.set_index("segment_id")["segment_name"]
     assignments = features.reset_index()

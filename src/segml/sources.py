@@ -97,8 +97,9 @@ def _register_sql(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
                     con.execute(f"CREATE TABLE {RAW} AS SELECT * FROM _chunk")
                     created = True
                 con.unregister("_chunk")
-    except sa.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
+        cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
+        reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
         raise InputDataError(
             f"cannot read {from_what} from the database at {engine.url.render_as_string(hide_password=True)}: "
             f"{reason}; check data.url and data.table or data.query"

@@ -1,0 +1,111 @@
+"""Fitting and choosing k on data whose segments are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from segml.config import ModelConfig, TransformConfig
+from segml.errors import SegmentationError
+from segml.models import fit_segments
+
+FEATURES = ["recency_days", "frequency", "monetary"]
+NO_TRANSFORM = TransformConfig(default="none", scaler="standard")
+
+
+def rfm_blobs(n_per_group=(300, 250, 200, 150), seed=0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Customers from well separated groups in log-RFM space; returns features and true groups."""
+    centres = np.array([[2.0, 3.0, 8.0], [5.5, 1.0, 4.0], [3.5, 2.0, 6.0], [6.0, 2.5, 8.5]])
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(len(n_per_group)), n_per_group)
+    logs = centres[groups] + rng.normal(0, 0.25, size=(len(groups), 3))
+    frame = pd.DataFrame(np.expm1(logs), columns=FEATURES)
+    frame.index = pd.Index([f"c{i:05d}" for i in range(len(frame))], name="customer_id")
+    return frame, groups
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "gmm"])
+def test_recovers_known_groups_and_picks_the_true_k(algorithm):
+    X, truth = rfm_blobs()
+    model, candidates = fit_segments(X, FEATURES, TransformConfig(),
+                                     ModelConfig(algorithm=algorithm, k_range=(2, 7)))
+    assert model.n_segments == 4
+    assert adjusted_rand_score(truth, model.predict(X)) >= 0.9
+    assert candidates["k"].tolist() == [2, 3, 4, 5, 6, 7]
+    assert candidates["chosen"].sum() == 1
+    assert candidates.loc[candidates["chosen"], "silhouette"].item() == candidates["silhouette"].max()
+
+
+def test_bic_chooses_the_true_k_for_mixtures():
+    X, truth = rfm_blobs()
+    model, candidates = fit_segments(X, FEATURES, TransformConfig(),
+                                     ModelConfig(algorithm="gmm", criterion="bic", k_range=(2, 6),
+                                                 covariance_type="diag"))
+    assert model.n_segments == 4
+    assert candidates["bic"].notna().all()
+
+
+@pytest.mark.parametrize("criterion", ["calinski_harabasz", "davies_bouldin"])
+def test_other_criteria_agree_on_a_clear_case(criterion):
+    X, _ = rfm_blobs()
+    model, _ = fit_segments(X, FEATURES, TransformConfig(), ModelConfig(criterion=criterion, k_range=(2, 7)))
+    assert model.n_segments == 4
+
+
+def test_segments_are_numbered_from_the_largest():
+    X, truth = rfm_blobs()
+    model, _ = fit_segments(X, FEATURES, TransformConfig(), ModelConfig(n_clusters=4))
+    sizes = np.bincount(model.predict(X))
+    assert sizes.tolist() == [300, 250, 200, 150]
+
+
+def test_minimum_share_rules_out_candidates_with_a_tiny_segment():
+    X, _ = rfm_blobs(n_per_group=(490, 490, 10, 10))   # two groups of 1% each
+    model, candidates = fit_segments(X, FEATURES, TransformConfig(), ModelConfig(k_range=(2, 4)))
+    assert (candidates["eligible"] == (candidates["min_share"] >= 0.02)).all()
+    assert candidates.set_index("k").loc[4, ["eligible", "min_share"]].tolist() == [False, 0.01]
+    assert model.n_segments in (2, 3)
+    lenient, _ = fit_segments(X, FEATURES, TransformConfig(), ModelConfig(n_clusters=4, min_segment_share=0.005))
+    assert np.bincount(lenient.predict(X)).tolist() == [490, 490, 10, 10]
+
+
+def test_no_eligible_candidate_explains_the_shares_seen():
+    X, _ = rfm_blobs(n_per_group=(490, 490, 10, 10))
+    with pytest.raises(SegmentationError, match=r"smaller than model.min_segment_share=0.02 .*k=4: 1\.0%"):
+        fit_segments(X, FEATURES, TransformConfig(), ModelConfig(n_clusters=4))
+
+
+def test_too_few_customers_is_a_clear_error():
+    X, _ = rfm_blobs(n_per_group=(3, 2, 1, 1))
+    with pytest.raises(SegmentationError, match="7 customers are too few for 8 segments"):
+        fit_segments(X, FEATURES, TransformConfig(), ModelConfig())
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "gmm"])
+def test_same_data_and_config_give_the_same_segments(algorithm):
+    X, _ = rfm_blobs()
+    config = ModelConfig(algorithm=algorithm, k_range=(3, 5))
+    first, c1 = fit_segments(X, FEATURES, TransformConfig(), config)
+    second, c2 = fit_segments(X, FEATURES, TransformConfig(), config)
+    np.testing.assert_array_equal(first.predict(X), second.predict(X))
+    pd.testing.assert_frame_equal(c1, c2)
+
+
+def test_transform_is_part_of_the_model_and_scores_new_customers_the_same_way():
+    X, _ = rfm_blobs()
+    model, _ = fit_segments(X, FEATURES, TransformConfig(per_feature={"recency_days": "rank"}),
+                            ModelConfig(n_clusters=4))
+    new = X.iloc[[5, 400, 700]].copy()
+    np.testing.assert_array_equal(model.predict(new), model.predict(X)[[5, 400, 700]])
+    Z = model.transform(X)
+    assert Z[:, 0].min() >= -2 and abs(Z.mean(axis=0)).max() < 1e-9   # ranks, then standardised
+
+
+def test_probabilities_are_in_segment_order():
+    X, _ = rfm_blobs()
+    model, _ = fit_segments(X, FEATURES, TransformConfig(), ModelConfig(algorithm="gmm", n_clusters=4))
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(proba.argmax(axis=1), model.predict(X))

@@ -1,0 +1,160 @@
+"""The data contract: every line is used, rejected with its reason, or outside the window."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from conftest import hand_config, hand_frame
+from segml.config import parse_config
+from segml.errors import InputDataError
+from segml.segmentation import prepare_purchases
+from segml.sources import connect, register_frame, register_source
+from segml.validation import REJECTION_REASONS, classify_lines, rejected_lines
+
+
+def test_every_rejection_reason_is_found_on_the_line_that_has_it(hand_lines):
+    purchases = prepare_purchases(hand_config(), frame=hand_lines)
+    rejected = purchases.rejected.set_index("invoice")["reason"]
+    # The last nine lines each carry one fault; the duplicate repeats O3 exactly.
+    assert rejected.to_dict() == {
+        "O9": "missing_customer_id", "O10": "missing_timestamp", "O11": "unparseable_timestamp",
+        "O12": "missing_amount", "O13": "non_numeric_amount", "O14": "zero_price",
+        "O15": "negative_price", "O16": "zero_quantity", "O3": "duplicate_line",
+    }
+    assert purchases.rejected.loc[purchases.rejected["invoice"] == "O3", "line"].item() == 20
+    assert set(purchases.report.rejected_by_reason) == set(REJECTION_REASONS) - {"return_excluded"}
+
+
+def test_line_counts_reconcile(hand_lines):
+    report = prepare_purchases(hand_config(), frame=hand_lines).report
+    assert report.rows_read == 20
+    assert (report.rows_used, report.rows_rejected, report.rows_outside_window) == (10, 9, 1)
+    assert report.outside_by_reason == {"after_as_of": 1}
+    assert report.as_frame()["lines"].sum() == report.rows_read
+
+
+def test_lookback_window_counts_old_lines_as_outside(hand_lines):
+    report = prepare_purchases(hand_config(window={"as_of": "2024-03-01", "lookback_days": 30}),
+                               frame=hand_lines).report
+    assert report.window_start == dt.date(2024, 1, 31)
+    # Before Jan 31: A's O1 (2 lines) and its cancellation, C's two orders, D's return, E's two lines.
+    assert report.outside_by_reason == {"after_as_of": 1, "before_window": 8}
+    assert report.rows_used == 2
+    assert report.rows_used + report.rows_rejected + report.rows_outside_window == report.rows_read
+
+
+def test_as_of_defaults_to_the_day_after_the_last_valid_purchase(hand_lines):
+    report = prepare_purchases(hand_config(window={}), frame=hand_lines).report
+    assert report.as_of == dt.date(2024, 3, 2)  # the last valid line is O4 at 2024-03-01 00:00
+    assert report.rows_outside_window == 0
+
+
+def test_exclude_policy_rejects_returns_instead_of_netting(hand_lines):
+    report = prepare_purchases(_with_returns_policy("exclude"), frame=hand_lines).report
+    # CO1 (prefix), C9 and O8 (negative quantity) are returns.
+    assert report.rejected_by_reason["return_excluded"] == 3
+
+
+def _with_returns_policy(policy: str):
+    config = hand_config()
+    data = config.data.model_copy(update={"returns": config.data.returns.model_copy(update={"policy": policy})})
+    return config.model_copy(update={"data": data})
+
+
+def test_missing_mapped_column_names_the_column_the_columns_found_and_the_config_key(hand_lines):
+    frame = hand_lines.rename(columns={"when": "InvoiceDate"})
+    with pytest.raises(InputDataError) as info:
+        prepare_purchases(hand_config(), frame=frame, config_name="configs/x.yaml")
+    message = str(info.value)
+    assert "column 'when' not found" in message
+    assert "data.columns.timestamp" in message
+    assert "'InvoiceDate'" in message and "configs/x.yaml" in message
+
+
+def test_amount_column_mode_and_float_customer_ids():
+    frame = pd.DataFrame({
+        "cust": [17850.0, 17850.0, None, 12.0],
+        "ts": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-02", "2024-01-03"]),
+        "value": [10.0, -4.0, 5.0, 0.0],
+    })
+    config = parse_config({"data": {"path": "x.parquet",
+                                    "columns": {"customer_id": "cust", "timestamp": "ts", "amount": "value"}},
+                           "window": {"as_of": "2024-02-01"}})
+    purchases = prepare_purchases(config, frame=frame)
+    assert purchases.report.rejected_by_reason == {"missing_customer_id": 1, "zero_price": 1}
+    row = purchases.features.loc["17850"]
+    # No order column: frequency counts distinct purchase days; the negative amount is a return.
+    assert row["frequency"] == 1 and row["monetary"] == pytest.approx(6.0)
+
+
+def test_csv_file_with_bad_values_is_read_as_text_and_rejected_not_crashed(tmp_path, hand_lines):
+    path = tmp_path / "lines.csv"
+    hand_lines.to_csv(path, index=False)
+    config = hand_config(data={**hand_config().data.model_dump(), "path": str(path)})
+    con = connect()
+    register_source(con, config.data)
+    report = classify_lines(con, config.data, config.window)
+    assert report.rows_read == 20 and report.rows_rejected == 9
+    assert len(rejected_lines(con)) == 9
+
+
+def test_missing_file_says_which_key_to_fix(tmp_path):
+    config = hand_config(data={**hand_config().data.model_dump(), "path": str(tmp_path / "nope.csv")})
+    with pytest.raises(InputDataError, match="not found; check data.path"):
+        register_source(connect(), config.data)
+
+
+def _sql_config(url: str, table: str | None = None, query: str | None = None):
+    data = {**hand_config().data.model_dump(), "path": None, "url": url, "table": table, "query": query}
+    return hand_config(data=data)
+
+
+def test_sqlite_table_and_query_give_the_same_contract_as_the_frame(tmp_path, hand_lines):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    engine = sa.create_engine(url)
+    hand_lines.to_sql("purchases", engine, index=False)
+    engine.dispose()
+    expected = prepare_purchases(hand_config(), frame=hand_lines)
+    for config in (_sql_config(url, table="purchases"),
+                   _sql_config(url, query="SELECT * FROM purchases WHERE invoice <> 'O4'")):
+        got = prepare_purchases(config)
+        pd.testing.assert_frame_equal(got.features, expected.features)
+    assert got.report.rows_read == 19 and got.report.rows_rejected == 9
+
+
+def test_unreadable_database_table_names_the_table(tmp_path):
+    config = _sql_config(f"sqlite:///{tmp_path / 'empty.db'}", table="purchases")
+    with pytest.raises(InputDataError, match="cannot read table 'purchases'"):
+        register_source(connect(), config.data)
+
+
+@pytest.mark.postgres
+def test_postgres_table_gives_the_same_features_as_the_frame(hand_lines, postgres_url):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url)
+    hand_lines.to_sql("segml_test_purchases", engine, index=False, if_exists="replace")
+    try:
+        got = prepare_purchases(_sql_config(postgres_url, table="segml_test_purchases"))
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE segml_test_purchases"))
+        engine.dispose()
+    expected = prepare_purchases(hand_config(), frame=hand_lines)
+    pd.testing.assert_frame_equal(got.features, expected.features)
+    assert got.report == expected.report
+
+
+def test_no_usable_lines_is_a_clear_error():
+    frame = hand_frame().assign(when="garbage")
+    with pytest.raises(InputDataError, match="no usable purchase lines.*unparseable_timestamp"):
+        prepare_purchases(hand_config(), frame=frame)
+
+
+def test_register_frame_without_mapping_returns_columns():
+    assert register_frame(connect(), hand_frame()) == ["invoice", "client", "when", "qty", "price"]
