@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from segml.config import SegmlConfig, parse_config
+
+# No network here and no telemetry wanted from test runs; set before MLflow or Prefect is imported.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 REPO = Path(__file__).resolve().parents[1]
 ONLINE_RETAIL = REPO.parent / "shared" / "data" / "online_retail_240k.parquet"
@@ -107,3 +113,27 @@ def postgres_url() -> str:
     finally:
         engine.dispose()
     return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (starting one takes about 15 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_flow_config(folder: Path, n_customers: int = 600, seed: int = 0, **overrides) -> Path:
+    """Sample purchases and a configuration in ``folder`` whose MLflow store and outputs live there too."""
+    import yaml
+
+    from segml.sample import write_sample
+
+    path = write_sample(folder, n_customers=n_customers, seed=seed)
+    raw = yaml.safe_load(path.read_text())
+    raw["quality"] = {"stability_resamples": 4}
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path

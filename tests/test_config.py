@@ -129,5 +129,5 @@ def test_shipped_configs_are_valid(name):
 def test_shipped_sample_config_matches_the_demo_settings():
     shipped = load_config(REPO / "configs" / "sample.yaml")
     embedded = parse_config(SAMPLE_CONFIG)
-    drop = {"data": {"path"}, "output": True}
+    drop = {"data": {"path"}, "output": True, "tracking": True}
     assert shipped.model_dump(exclude=drop) == embedded.model_dump(exclude=drop)

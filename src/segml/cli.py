@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segml.config import SegmlConfig, load_config
+from segml.config import load_config
 from segml.errors import SegmlError
 
 app = typer.Typer(
@@ -42,54 +43,49 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(code=1)
 
 
-def _summary_table(segments, metrics) -> Table:
-    table = Table(title=f"{int(metrics['n_segments'])} segments, homogeneity {metrics['homogeneity']:.2f}")
+def _quiet_defaults() -> None:
+    """Settings for running on a laptop or a closed network, unless the user set them."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['n_segments']} segments as of {summary['as_of']}, "
+                        f"homogeneity {summary['homogeneity']:.2f}")
     for column in ("id", "name", "customers", "share", "revenue", "homogeneity"):
         table.add_column(column, justify="left" if column == "name" else "right")
-    for row in segments.itertuples():
-        table.add_row(str(row.segment_id), row.segment_name, f"{row.size:,}", f"{row.share:.0%}",
-                      f"{row.revenue_share:.0%}", f"{row.homogeneity:.2f}")
-    return table
+    for row in summary["segments"]:
+        table.add_row(str(row["segment_id"]), row["segment_name"], f"{row['size']:,}", f"{row['share']:.0%}",
+                      f"{row['revenue_share']:.0%}", f"{row['homogeneity']:.2f}")
+    out.print(table)
+    for row in summary["segments"]:
+        out.print(f"  {row['segment_id']} [bold]{row['segment_name']}[/]: {row['description']}", highlight=False)
+    out.print(f"Lines: {summary['rows_read']:,} read, {summary['rows_used']:,} used, "
+              f"{summary['rows_rejected']:,} rejected, {summary['rows_outside_window']:,} outside the window; "
+              f"{summary['customers']:,} customers segmented.")
+    out.print(f"MLflow: run {summary['run_id']} in experiment {summary['experiment']!r} at "
+              f"{summary['tracking_uri']}; model {summary['model_name']!r} version {summary['model_version']}.")
+    out.print(f"Results are in {summary['output_dir']} (report: segment_report.pdf)")
 
 
-def run_config(config: SegmlConfig, config_name: str, as_of: dt.date | None) -> Path:
-    """Segment the configured purchases and write every table; returns the output folder."""
-    from segml.outputs import write_results
-    from segml.segmentation import prepare_purchases, segment_customers
+def run_flow(config: Path, as_of: dt.date | None) -> dict:
+    """Run the segmentation flow on CONFIG; returns its summary."""
+    _quiet_defaults()
+    load_config(config)  # fail fast, before starting Prefect, on a bad configuration
+    from pipelines.segment import segment_customers
 
-    with console.status("Reading and checking purchases..."):
-        purchases = prepare_purchases(config, as_of=as_of, config_name=config_name)
-    report = purchases.report
-    console.print(f"Read {report.rows_read:,} lines: {report.rows_used:,} used, {report.rows_rejected:,} rejected, "
-                  f"{report.rows_outside_window:,} outside the window; {len(purchases.features):,} customers "
-                  f"as of {report.as_of}.")
-    with console.status(f"Fitting {config.model.algorithm} for k in {config.model.candidate_ks}..."):
-        result = segment_customers(purchases.features, config, report.as_of)
-    folder = Path(config.output.dir) / config.name / report.as_of.isoformat()
-    with console.status(f"Writing results to {folder}..."):
-        write_results(folder, result.assignments, {
-            "segments": result.segments,
-            "candidates": result.candidates,
-            "homogeneity": result.homogeneity,
-            "contract": report.as_frame(),
-            "rejected_lines": purchases.rejected,
-            "excluded_customers": purchases.excluded,
-        })
-    out.print(_summary_table(result.segments, result.metrics))
-    for row in result.segments.itertuples():
-        out.print(f"  {row.segment_id} [bold]{row.segment_name}[/]: {row.description}", highlight=False)
-    return folder
+    return segment_customers(str(config), as_of)
 
 
 @app.command()
 def run(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> None:
-    """Segment the customers of CONFIG's purchases and write the results."""
+    """Segment the customers of CONFIG's purchases, record the run in MLflow and publish the results."""
     try:
-        cfg = load_config(config)
-        folder = run_config(cfg, str(config), as_of.date() if as_of else None)
+        summary = run_flow(config, as_of.date() if as_of else None)
     except Exception as exc:  # noqa: BLE001 - every error ends the command with one message
         _fail(exc, debug)
-    out.print(f"Results are in {folder}")
+    _print_summary(summary)
 
 
 @app.command()
@@ -119,16 +115,19 @@ def demo(
     customers: Annotated[int, typer.Option(help="Number of sample customers.", min=50)] = 3000,
     debug: DebugOpt = False,
 ) -> None:
-    """Generate sample purchases and segment them with the built-in defaults."""
+    """Generate sample purchases and run the segmentation flow on them with the built-in defaults."""
     from segml.sample import write_sample
 
     try:
         config_path = write_sample(folder, n_customers=customers)
         out.print(f"Sample purchases and configuration written to {config_path.parent}")
-        result_folder = run_config(load_config(config_path), str(config_path), None)
+        summary = run_flow(config_path, None)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
-    out.print(f"Results are in {result_folder}")
+    _print_summary(summary)
+    db = Path(summary["tracking_uri"].removeprefix("sqlite:///"))
+    if summary["tracking_uri"].startswith("sqlite:///"):
+        out.print(f"Review the run in the MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
 
 
 def main() -> None:

@@ -201,6 +201,21 @@ class OutputConfig(_Strict):
     dir: str = "outputs"
 
 
+class TrackingConfig(_Strict):
+    """Where runs are recorded in MLflow.
+
+    ``uri`` wins over the ``MLFLOW_TRACKING_URI`` environment variable; with
+    neither, MLflow's own default is used (``sqlite:///mlflow.db`` in the
+    working directory). A relative ``sqlite:///`` path and
+    ``artifact_location`` are resolved against the configuration file's folder.
+    """
+
+    uri: str | None = None
+    experiment: str | None = None
+    registered_model: str | None = None
+    artifact_location: str | None = None
+
+
 class SegmlConfig(_Strict):
     """A whole segml configuration."""
 
@@ -213,6 +228,15 @@ class SegmlConfig(_Strict):
     quality: QualityConfig = QualityConfig()
     naming: NamingConfig = NamingConfig()
     output: OutputConfig = OutputConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.registered_model or f"segml-{self.name}"
 
     @field_validator("features")
     @classmethod
@@ -300,4 +324,9 @@ def load_config(path: str | Path) -> SegmlConfig:
     if data.path is not None:
         data = data.model_copy(update={"path": _resolve(data.path, base)})
     output = config.output.model_copy(update={"dir": _resolve(config.output.dir, base)})
-    return config.model_copy(update={"data": data, "output": output})
+    tracking = config.tracking
+    if tracking.uri and tracking.uri.startswith("sqlite:///") and not tracking.uri.startswith("sqlite:////"):
+        tracking = tracking.model_copy(update={"uri": "sqlite:///" + _resolve(tracking.uri[len("sqlite:///"):], base)})
+    if tracking.artifact_location and "://" not in tracking.artifact_location:
+        tracking = tracking.model_copy(update={"artifact_location": _resolve(tracking.artifact_location, base)})
+    return config.model_copy(update={"data": data, "output": output, "tracking": tracking})

@@ -23,6 +23,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; result files are meant to be shared
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -52,3 +53,30 @@ def write_results(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.
     for stem, frame in tables.items():
         written[stem] = write_csv(frame, folder / f"{stem}.csv")
     return written
+
+
+def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                figures: dict, report_pages: list | None = None) -> dict[str, Path]:
+    """Render a run's files into ``folder`` (a staging area): tables, plots as PNG, the PDF report."""
+    from segml.report import write_report
+
+    written = write_results(folder, assignments, tables)
+    for stem, figure in figures.items():
+        path = folder / "plots" / f"{stem}.png"
+        write_atomic(path, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=110))
+        written[f"plot_{stem}"] = path
+    if report_pages is not None:
+        written["report"] = write_report(folder / "segment_report.pdf", report_pages)
+    return written
+
+
+def publish_folder(staging: Path, destination: Path) -> dict[str, Path]:
+    """Copy every staged file into ``destination``, each atomically; returns the published paths."""
+    import shutil
+
+    published = {}
+    for source in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = destination / source.relative_to(staging)
+        published[str(source.relative_to(staging))] = write_atomic(
+            target, lambda tmp, s=source: shutil.copyfile(s, tmp))
+    return published

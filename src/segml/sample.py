@@ -137,6 +137,7 @@ SAMPLE_CONFIG: dict = {
     "features": ["recency_days", "frequency", "monetary"],
     "model": {"algorithm": "kmeans", "k_range": [2, 8], "criterion": "silhouette"},
     "output": {"dir": "outputs"},
+    "tracking": {"uri": "sqlite:///mlflow.db", "artifact_location": "mlartifacts"},
 }
 
 

@@ -21,7 +21,7 @@ from segml import quality
 from segml.config import SegmlConfig, WindowConfig
 from segml.models import SegmentModel, fit_segments
 from segml.profiles import name_segments, profile_segments
-from segml.sources import connect, register_frame, register_source
+from segml.sources import connect, fingerprint, register_frame, register_source
 from segml.validation import ContractReport, classify_lines, rejected_lines
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Purchases:
     features: pd.DataFrame
     excluded: pd.DataFrame
     rejected: pd.DataFrame
+    fingerprint: str = ""
 
 
 @dataclass
@@ -71,45 +72,43 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
     features, excluded = feature_module.compute_features(con, report.as_of)
     log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
              excluded["reason"].value_counts().to_dict())
-    return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con))
+    return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con),
+                     fingerprint=fingerprint(con))
 
 
-def segment_customers(features: pd.DataFrame, config: SegmlConfig, as_of: dt.date) -> SegmentationResult:
-    """Fit, choose k, score quality, profile and name the segments of ``features``.
+def fit_model(features: pd.DataFrame, config: SegmlConfig) -> tuple[SegmentModel, pd.DataFrame]:
+    """Fit every candidate k on ``features`` (sorted by customer id) and choose one."""
+    return fit_segments(features.sort_index(), list(config.features), config.transform, config.model)
 
-    ``features`` is the table from :func:`segml.features.compute_features`,
-    indexed by ``customer_id``. The result is the same for the same rows in any
-    order: customers are sorted by id before fitting.
-    """
+
+@dataclass
+class Quality:
+    """Quality of a fitted segmentation on its customers."""
+
+    labels: np.ndarray
+    probability: np.ndarray
+    homogeneity: pd.DataFrame
+    summary: pd.DataFrame
+    metrics: dict[str, float]
+
+
+def assess_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.DataFrame,
+                   config: SegmlConfig) -> Quality:
+    """Homogeneity, explained variance, silhouettes and stability of ``model`` on ``features``."""
     features = features.sort_index()
-    model, candidates = fit_segments(features, list(config.features), config.transform, config.model)
     Z = model.transform(features)
     labels = model.predict(features)
     proba = model.predict_proba(features)
     k = model.n_segments
-
     homogeneity = quality.score_homogeneity(features[model.features], Z, labels, k)
     silhouettes = quality.segment_silhouettes(Z, labels, k, config.model.silhouette_sample,
                                               config.model.random_state)
     ari, jaccard = quality.score_stability(model, Z, labels, config.quality.stability_resamples,
                                            config.quality.stability_sample, config.model.random_state)
     is_mixture = config.model.algorithm == "gmm"
+    best = proba.max(axis=1)
     summary = quality.summarise_quality(homogeneity, labels, k, silhouettes, jaccard,
-                                        proba.max(axis=1) if is_mixture else None)
-    profiles = name_segments(profile_segments(features, labels, k), features, config.naming)
-    segments = profiles.merge(summary.drop(columns=["size", "share"]), on="segment")
-    segments.insert(0, "segment_id", segments.pop("segment"))
-    segments.insert(1, "segment_name", segments.pop("segment_name"))
-    segments.insert(2, "description", segments.pop("description"))
-
-    names = segments.set_index("segment_id")["segment_name"]
-    assignments = features.reset_index()
-    assignments.insert(1, "segment_id", labels)
-    assignments.insert(2, "segment_name", names.loc[labels].to_numpy())
-    assignments.insert(3, "segment_probability", proba[np.arange(len(labels)), labels])
-    assignments["as_of"] = as_of
-    assignments = assignments[ASSIGNMENT_COLUMNS]
-
+                                        best if is_mixture else None)
     chosen = candidates[candidates["chosen"]].iloc[0]
     metrics = {
         "n_segments": float(k),
@@ -125,5 +124,44 @@ def segment_customers(features: pd.DataFrame, config: SegmlConfig, as_of: dt.dat
     }
     if is_mixture:
         metrics["bic"] = float(chosen["bic"])
+    return Quality(labels=labels, probability=best, homogeneity=homogeneity, summary=summary, metrics=metrics)
+
+
+def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig) -> pd.DataFrame:
+    """One row per segment: id, name, description, profile and quality."""
+    features = features.sort_index()
+    k = len(scored.summary)
+    profiles = name_segments(profile_segments(features, scored.labels, k), features, config.naming)
+    segments = profiles.merge(scored.summary.drop(columns=["size", "share"]), on="segment")
+    segments.insert(0, "segment_id", segments.pop("segment"))
+    segments.insert(1, "segment_name", segments.pop("segment_name"))
+    segments.insert(2, "description", segments.pop("description"))
+    return segments
+
+
+def build_assignments(features: pd.DataFrame, scored: Quality, segments: pd.DataFrame,
+                      as_of: dt.date) -> pd.DataFrame:
+    """The assignment table: one row per customer with its segment and features."""
+    features = features.sort_index()
+    names = segments.set_index("segment_id")["segment_name"]
+    assignments = features.reset_index()
+    assignments.insert(1, "segment_id", scored.labels)
+    assignments.insert(2, "segment_name", names.loc[scored.labels].to_numpy())
+    assignments.insert(3, "segment_probability", scored.probability)
+    assignments["as_of"] = as_of
+    return assignments[ASSIGNMENT_COLUMNS]
+
+
+def segment_customers(features: pd.DataFrame, config: SegmlConfig, as_of: dt.date) -> SegmentationResult:
+    """Fit, choose k, score quality, profile and name the segments of ``features``.
+
+    ``features`` is the table from :func:`segml.features.compute_features`,
+    indexed by ``customer_id``. The result is the same for the same rows in any
+    order: customers are sorted by id before fitting.
+    """
+    model, candidates = fit_model(features, config)
+    scored = assess_quality(model, candidates, features, config)
+    segments = describe_segments(features, scored, config)
+    assignments = build_assignments(features, scored, segments, as_of)
     return SegmentationResult(as_of=as_of, model=model, candidates=candidates, assignments=assignments,
-                              segments=segments, homogeneity=homogeneity, metrics=metrics)
+                              segments=segments, homogeneity=scored.homogeneity, metrics=scored.metrics)

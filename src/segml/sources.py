@@ -156,3 +156,13 @@ def check_columns(found: list[str], columns: ColumnMap, config_name: str) -> Non
     raise InputDataError(
         f"{'; '.join(parts)}; the source's columns are {found}; change the mapping in {config_name}"
     )
+
+
+def fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+    """A fingerprint of ``raw_purchases``' content: row count and an order-independent sum of row hashes.
+
+    The same lines in any order give the same fingerprint; any changed value
+    changes it.
+    """
+    rows, total = con.execute(f"SELECT count(*), sum(hash(r)::HUGEINT) FROM {RAW} r").fetchone()
+    return f"{rows}:{int(total or 0) % 2**64:016x}"

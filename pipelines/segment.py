@@ -1,0 +1,245 @@
+"""The segmentation flow: purchases in, a reviewed and published segmentation out.
+
+Each step is a small task over a ``segml`` function. Only reading the source
+and publishing files retry (they touch I/O that can fail for a moment); a
+failed step fails the flow run with its message and marks the MLflow run
+failed, and nothing is published to the output folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+import segml
+from segml import report as report_pages
+from segml import tracking
+from segml.config import SegmlConfig, load_config
+from segml.features import EXCLUSION_REASONS
+from segml.models import SegmentModel
+from segml.outputs import publish_folder, stage_files
+from segml.plots import segmentation_figures
+from segml.segmentation import (
+    Purchases,
+    Quality,
+    assess_quality,
+    build_assignments,
+    describe_segments,
+    fit_model,
+    prepare_purchases,
+)
+from segml.validation import REJECTION_REASONS, WINDOW_REASONS
+
+#: The assignment table CRM teams import, in column order.
+CRM_COLUMNS = ["customer_id", "segment_id", "segment_name", "segment_probability", "recency_days", "frequency",
+               "monetary", "tenure_days", "avg_order_value", "as_of", "run_id", "model_version"]
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def load_purchases(config: SegmlConfig, as_of: dt.date | None, config_name: str) -> Purchases:
+    """Read the source, apply the data contract and compute the features."""
+    purchases = prepare_purchases(config, as_of=as_of, config_name=config_name)
+    r = purchases.report
+    get_run_logger().info(
+        "%s lines read: %s used, %s rejected %s, %s outside the window; %s customers as of %s",
+        f"{r.rows_read:,}", f"{r.rows_used:,}", f"{r.rows_rejected:,}", r.rejected_by_reason,
+        f"{r.rows_outside_window:,}", f"{len(purchases.features):,}", r.as_of)
+    return purchases
+
+
+@task(cache_policy=NO_CACHE)
+def choose_and_fit(features: pd.DataFrame, config: SegmlConfig) -> tuple[SegmentModel, pd.DataFrame]:
+    """Fit every candidate k and choose one."""
+    model, candidates = fit_model(features, config)
+    get_run_logger().info("chose k=%d by %s among %s", model.n_segments, config.model.criterion,
+                          candidates["k"].tolist())
+    return model, candidates
+
+
+@task(cache_policy=NO_CACHE)
+def score_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.DataFrame,
+                  config: SegmlConfig) -> Quality:
+    """Homogeneity, separation and stability."""
+    return assess_quality(model, candidates, features, config)
+
+
+@task(cache_policy=NO_CACHE)
+def profile_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig) -> pd.DataFrame:
+    """Profiles and names."""
+    return describe_segments(features, scored, config)
+
+
+def run_metrics(purchases: Purchases, scored: Quality, segments: pd.DataFrame) -> dict[str, float]:
+    """Every metric of the run under its documented name."""
+    r = purchases.report
+    metrics = dict(scored.metrics)
+    metrics.update(rows_read=r.rows_read, rows_used=r.rows_used, rows_rejected=r.rows_rejected,
+                   rows_outside_window=r.rows_outside_window, customers_excluded=len(purchases.excluded))
+    for row in segments.itertuples():
+        metrics[f"homogeneity.{row.segment_id}"] = row.homogeneity
+        metrics[f"share.{row.segment_id}"] = row.share
+        metrics[f"stability_jaccard.{row.segment_id}"] = row.stability_jaccard
+    return {k: float(v) for k, v in metrics.items()}
+
+
+@task(cache_policy=NO_CACHE)
+def record_run(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, model: SegmentModel,
+               candidates: pd.DataFrame, scored: Quality, segments: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Log params, metrics, candidate child runs and the registered model; returns the CRM table and version."""
+    params = tracking.flatten(config.model_dump(mode="json"))
+    params.update(as_of=purchases.report.as_of.isoformat(), input_fingerprint=purchases.fingerprint,
+                  segml_version=segml.__version__, tracking_uri=_without_password(handle.uri))
+    tracking.log_params_and_metrics(handle, params, run_metrics(purchases, scored, segments))
+    tracking.log_candidates(handle, candidates, config.model.algorithm)
+    names = dict(zip(segments["segment_id"].astype(int), segments["segment_name"]))
+    _, version = tracking.log_model(handle, config, model, names, purchases.features)
+    assignments = build_assignments(purchases.features, scored, segments, purchases.report.as_of)
+    assignments["run_id"] = handle.run_id
+    assignments["model_version"] = version
+    get_run_logger().info("registered model %r version %d", config.registered_model_name, version)
+    return assignments[CRM_COLUMNS], version
+
+
+@task(cache_policy=NO_CACHE)
+def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, purchases: Purchases,
+                 model: SegmentModel, candidates: pd.DataFrame, scored: Quality, segments: pd.DataFrame,
+                 assignments: pd.DataFrame, run_id: str, version: int) -> dict[str, Path]:
+    """Tables, plots and the PDF report of the run, rendered into a staging folder."""
+    features = purchases.features.sort_index()
+    Z = model.transform(features)
+    figures = segmentation_figures(features, Z, scored.labels, segments, candidates, model.features,
+                                   config.model.criterion, config.model.min_segment_share,
+                                   config.naming.currency)
+    r = purchases.report
+    m = scored.metrics
+    facts = [
+        f"As of {r.as_of} ({'all history' if r.window_start is None else f'purchases since {r.window_start}'}). "
+        f"{r.rows_read:,} purchase lines read: {r.rows_used:,} used, {r.rows_rejected:,} rejected, "
+        f"{r.rows_outside_window:,} outside the window. {len(features):,} customers segmented, "
+        f"{len(purchases.excluded):,} left out (no positive net spend).",
+        f"{config.model.algorithm} with k = {model.n_segments} chosen by {config.model.criterion} from "
+        f"{candidates['k'].tolist()}. Homogeneity {m['homogeneity']:.2f}, explained variance "
+        f"{m['explained_variance']:.2f}, silhouette {m['silhouette']:.2f}, stability (ARI) "
+        f"{m['stability_ari']:.2f}.",
+        f"MLflow run {run_id}, model {config.registered_model_name} version {version}.",
+    ]
+    descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, "": "counted in the features"}
+    pages = [report_pages.summary_page(f"Customer segments: {config.name}", facts, segments,
+                                       config.naming.currency),
+             *figures.values(),
+             report_pages.contract_page(r.as_frame(), descriptions)]
+    tables = {
+        "segments": segments,
+        "candidates": candidates,
+        "homogeneity": scored.homogeneity.assign(
+            segment_name=segments.set_index("segment_id")["segment_name"].loc[scored.homogeneity["segment"]].to_numpy()),
+        "contract": r.as_frame(),
+        "rejected_lines": purchases.rejected,
+        "excluded_customers": purchases.excluded.assign(
+            meaning=purchases.excluded["reason"].map(EXCLUSION_REASONS)),
+    }
+    written = stage_files(staging, assignments, tables, figures, pages)
+    config_dir = staging / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    if config_path is not None:
+        (config_dir / Path(config_path).name).write_bytes(Path(config_path).read_bytes())
+    (config_dir / "resolved.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return written
+
+
+@task(cache_policy=NO_CACHE)
+def log_files(handle: tracking.RunHandle, staging: Path) -> None:
+    tracking.log_artifacts(handle, staging)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def publish_files(staging: Path, destination: Path) -> dict[str, Path]:
+    """Copy the run's files into the output folder, each atomically."""
+    return publish_folder(staging, destination)
+
+
+def _without_password(uri: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", uri)
+
+
+def _artifact_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", f"segments-{name}".lower()).strip("-")
+
+
+@flow(name="segment-customers", log_prints=False)
+def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[str, Any]:
+    """Segment the customers of a configuration's purchases, record the run in MLflow and publish the files.
+
+    Parameters
+    ----------
+    config : path to the YAML configuration.
+    as_of : features as of this date; overrides ``window.as_of``.
+
+    Returns a summary: MLflow run id, counts, k, homogeneity and output paths.
+    """
+    logger = get_run_logger()
+    config_path = Path(config)
+    cfg = load_config(config_path)
+    handle = tracking.start_run(cfg, run_name=f"{cfg.name} as of {as_of or cfg.window.as_of or 'latest'}")
+    try:
+        purchases = load_purchases(cfg, as_of, str(config_path))
+        features = purchases.features
+        model, candidates = choose_and_fit(features, cfg)
+        scored = score_quality(model, candidates, features, cfg)
+        segments = profile_segments(features, scored, cfg)
+        assignments, version = record_run(handle, cfg, purchases, model, candidates, scored, segments)
+        with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
+            staging = Path(tmp)
+            render_files(staging, cfg, config_path, purchases, model, candidates, scored, segments, assignments,
+                         handle.run_id, version)
+            log_files(handle, staging)
+            destination = Path(cfg.output.dir) / cfg.name / purchases.report.as_of.isoformat()
+            publish_files(staging, destination)
+    except BaseException as exc:
+        tracking.end_run(handle, exc)
+        raise
+    tracking.end_run(handle)
+
+    create_table_artifact(
+        key=_artifact_key(cfg.name),
+        table=[{"segment_id": int(r.segment_id), "segment_name": r.segment_name, "customers": int(r.size),
+                "share": round(float(r.share), 4), "revenue_share": round(float(r.revenue_share), 4),
+                "homogeneity": round(float(r.homogeneity), 3),
+                "stability_jaccard": None if np.isnan(r.stability_jaccard) else round(float(r.stability_jaccard), 3),
+                "description": r.description} for r in segments.itertuples()],
+        description=f"Segments of **{cfg.name}** as of {purchases.report.as_of}; MLflow run `{handle.run_id}`, "
+                    f"model version {version}.",
+    )
+    r = purchases.report
+    summary = {
+        "run_id": handle.run_id,
+        "experiment": cfg.experiment_name,
+        "tracking_uri": _without_password(handle.uri),
+        "model_name": cfg.registered_model_name,
+        "model_version": version,
+        "as_of": r.as_of.isoformat(),
+        "rows_read": r.rows_read,
+        "rows_used": r.rows_used,
+        "rows_rejected": r.rows_rejected,
+        "rows_outside_window": r.rows_outside_window,
+        "customers": len(features),
+        "n_segments": model.n_segments,
+        "homogeneity": scored.metrics["homogeneity"],
+        "output_dir": str(destination),
+        "assignments": str(destination / "assignments.csv"),
+        "report": str(destination / "segment_report.pdf"),
+        "segments": segments[["segment_id", "segment_name", "size", "share", "revenue_share", "homogeneity",
+                              "description"]].to_dict(orient="records"),
+    }
+    logger.info("segmentation published to %s (MLflow run %s)", destination, handle.run_id)
+    return summary

@@ -1,0 +1,177 @@
+"""Figures of a segmentation. Every function returns a matplotlib ``Figure`` and saves nothing.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, so no global
+backend or pyplot state is touched. Segments keep one colour across figures
+(by segment id) and are labelled by name everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+
+from segml.features import FEATURE_UNITS
+
+_MONEY = ("monetary", "avg_order_value")
+_CRITERION_LABELS = {
+    "silhouette": "silhouette (higher is better)",
+    "calinski_harabasz": "Calinski–Harabasz (higher is better)",
+    "davies_bouldin": "Davies–Bouldin (lower is better)",
+    "bic": "BIC (lower is better)",
+    "min_share": "smallest segment share",
+}
+
+
+def segment_colours(n_segments: int) -> list:
+    palette = colormaps["tab10"] if n_segments <= 10 else colormaps["tab20"]
+    return [palette(i % palette.N) for i in range(n_segments)]
+
+
+def _labels(segments: pd.DataFrame) -> list[str]:
+    return [f"{row.segment_id}: {row.segment_name}" for row in segments.itertuples()]
+
+
+def plot_segment_sizes(segments: pd.DataFrame) -> Figure:
+    """Share of customers and share of revenue of every segment."""
+    fig = Figure(figsize=(9, 0.6 * len(segments) + 2), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(segments))
+    ax.barh(y - 0.2, 100 * segments["share"], height=0.4, label="customers", color="#4c72b0")
+    ax.barh(y + 0.2, 100 * segments["revenue_share"], height=0.4, label="revenue", color="#dd8452")
+    for yi, (c, r) in enumerate(zip(segments["share"], segments["revenue_share"])):
+        ax.text(100 * c + 0.5, yi - 0.2, f"{100 * c:.0f}%", va="center", fontsize=8)
+        ax.text(100 * r + 0.5, yi + 0.2, f"{100 * r:.0f}%", va="center", fontsize=8)
+    ax.set_yticks(y, _labels(segments))
+    ax.invert_yaxis()
+    ax.set_xlabel("share (%)")
+    ax.set_title("Segment sizes: share of customers and of revenue")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_snake(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, features: list[str]) -> Figure:
+    """Mean of every model feature per segment, in population standard deviations."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.add_subplot()
+    std = Z.std(axis=0)
+    std[std == 0] = 1.0
+    z = (Z - Z.mean(axis=0)) / std
+    colours = segment_colours(len(segments))
+    x = np.arange(len(features))
+    for row, label in zip(segments.itertuples(), _labels(segments)):
+        members = labels == row.segment_id
+        ax.plot(x, z[members].mean(axis=0), marker="o", color=colours[row.segment_id], label=label)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(x, features)
+    ax.set_ylabel("segment mean (standard deviations from the population mean)")
+    ax.set_title("Snake plot: standardised feature means per segment (model space)")
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def plot_feature_distributions(features: pd.DataFrame, labels: np.ndarray, segments: pd.DataFrame,
+                               currency: str = "") -> Figure:
+    """Box plots of every feature by segment, in original units (log scale)."""
+    columns = [c for c in FEATURE_UNITS if c in features.columns]
+    fig = Figure(figsize=(11, 3.2 * len(columns)), layout="constrained")
+    colours = segment_colours(len(segments))
+    names = _labels(segments)
+    for i, column in enumerate(columns):
+        ax = fig.add_subplot(len(columns), 1, i + 1)
+        data = [np.clip(features[column].to_numpy(dtype=float)[labels == s], 1e-2, None)
+                for s in segments["segment_id"]]
+        box = ax.boxplot(data, orientation="horizontal", patch_artist=True, showfliers=False, widths=0.6)
+        for patch, colour in zip(box["boxes"], colours):
+            patch.set_facecolor(colour)
+            patch.set_alpha(0.7)
+        ax.set_yticks(np.arange(1, len(names) + 1), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        unit = FEATURE_UNITS[column] + (f", {currency}" if currency and column in _MONEY else "")
+        ax.set_xlabel(f"{column} ({unit}, log scale)")
+    fig.suptitle("Feature distributions by segment (boxes: quartiles; whiskers: 1.5 IQR)")
+    return fig
+
+
+def plot_projection(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, max_points: int = 5000,
+                    random_state: int = 0) -> Figure:
+    """The customers on the first two principal components of the model space."""
+    rng = np.random.default_rng(random_state)
+    idx = np.sort(rng.choice(len(labels), size=min(max_points, len(labels)), replace=False))
+    pca = PCA(n_components=min(2, Z.shape[1]), random_state=random_state).fit(Z)
+    P = pca.transform(Z[idx])
+    if P.shape[1] == 1:
+        P = np.column_stack([P[:, 0], np.zeros(len(P))])
+    ratio = list(pca.explained_variance_ratio_) + [0.0]
+    fig = Figure(figsize=(9, 7), layout="constrained")
+    ax = fig.add_subplot()
+    colours = segment_colours(len(segments))
+    for row, label in zip(segments.itertuples(), _labels(segments)):
+        members = labels[idx] == row.segment_id
+        ax.scatter(P[members, 0], P[members, 1], s=6, alpha=0.5, color=colours[row.segment_id], label=label)
+    ax.set_xlabel(f"first principal component ({100 * ratio[0]:.0f}% of variance)")
+    ax.set_ylabel(f"second principal component ({100 * ratio[1]:.0f}% of variance)")
+    shown = f"{len(idx):,} of {len(labels):,} customers" if len(idx) < len(labels) else f"{len(idx):,} customers"
+    ax.set_title(f"Customers in two dimensions ({shown})")
+    ax.legend(markerscale=3, fontsize=8)
+    return fig
+
+
+def plot_silhouette(segments: pd.DataFrame) -> Figure:
+    """Mean silhouette and stability (Jaccard) of every segment."""
+    fig = Figure(figsize=(9, 0.6 * len(segments) + 2), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(segments))
+    ax.barh(y - 0.2, segments["silhouette"], height=0.4, color="#55a868", label="mean silhouette")
+    ax.barh(y + 0.2, segments["stability_jaccard"], height=0.4, color="#8172b2", label="stability (Jaccard)")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(y, _labels(segments))
+    ax.invert_yaxis()
+    ax.set_xlim(min(-0.1, float(np.nanmin(segments["silhouette"])) - 0.05), 1.0)
+    ax.set_xlabel("score (-1 to 1 for silhouette, 0 to 1 for Jaccard; higher is better)")
+    ax.set_title("Separation and stability by segment")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_k_selection(candidates: pd.DataFrame, criterion: str, min_share: float) -> Figure:
+    """Every criterion against the number of segments, with the chosen k marked."""
+    metrics = [m for m in ("silhouette", "calinski_harabasz", "davies_bouldin", "bic")
+               if candidates[m].notna().any()] + ["min_share"]
+    fig = Figure(figsize=(11, 2.8 * ((len(metrics) + 1) // 2)), layout="constrained")
+    chosen = int(candidates.loc[candidates["chosen"], "k"].iloc[0]) if candidates["chosen"].any() else None
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot((len(metrics) + 1) // 2, 2, i + 1)
+        values = 100 * candidates[metric] if metric == "min_share" else candidates[metric]
+        ax.plot(candidates["k"], values, marker="o", color="#4c72b0")
+        ineligible = ~candidates["eligible"]
+        ax.scatter(candidates.loc[ineligible, "k"], values[ineligible], marker="x", color="#c44e52", zorder=3,
+                   label="a segment below the minimum share")
+        if metric == "min_share":
+            ax.axhline(100 * min_share, color="#c44e52", linestyle="--", linewidth=0.8)
+        if chosen is not None:
+            ax.axvline(chosen, color="#55a868", linestyle=":", label=f"chosen k = {chosen}")
+        ax.set_xlabel("number of segments k")
+        ax.set_ylabel(_CRITERION_LABELS[metric] + (" (%)" if metric == "min_share" else ""), fontsize=8)
+        ax.set_title(("▶ " if metric == criterion else "") + metric, fontsize=10)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Choosing the number of segments (criterion: {criterion})")
+    return fig
+
+
+def segmentation_figures(features: pd.DataFrame, Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame,
+                         candidates: pd.DataFrame, model_features: list[str], criterion: str,
+                         min_share: float, currency: str = "") -> dict[str, Figure]:
+    """Every figure of a run, by file stem, in report order."""
+    return {
+        "segment_sizes": plot_segment_sizes(segments),
+        "snake_plot": plot_snake(Z, labels, segments, model_features),
+        "feature_distributions": plot_feature_distributions(features, labels, segments, currency),
+        "projection_2d": plot_projection(Z, labels, segments),
+        "silhouette_by_segment": plot_silhouette(segments),
+        "k_selection": plot_k_selection(candidates, criterion, min_share),
+    }

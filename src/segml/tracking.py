@@ -1,0 +1,194 @@
+"""The MLflow record of a segmentation run. The only module that imports mlflow.
+
+Runs are written through ``MlflowClient`` with explicit run ids, so logging
+works from any thread (MLflow's active run is per thread, and flow tasks may
+run in worker threads). Only the model itself is logged through the fluent
+API, inside a ``start_run(run_id=...)`` block on the calling thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+import segml
+from segml.config import SegmlConfig
+from segml.models import SegmentModel
+
+log = logging.getLogger(__name__)
+
+#: Metric names logged for every run (``bic`` only for mixtures); see the README.
+RUN_METRICS = ("n_segments", "homogeneity", "homogeneity_original", "explained_variance", "silhouette",
+               "calinski_harabasz", "davies_bouldin", "bic", "stability_ari", "segment_share_min",
+               "rows_read", "rows_used", "rows_rejected", "rows_outside_window", "customers",
+               "customers_excluded")
+#: Per-segment metrics, logged as ``<name>.<segment_id>``.
+SEGMENT_METRICS = ("homogeneity", "share", "stability_jaccard")
+PYFUNC_OUTPUT = ["segment_id", "segment_name", "segment_probability"]
+
+
+class SegmentPyfunc(mlflow.pyfunc.PythonModel):
+    """A fitted segmentation as an MLflow pyfunc model.
+
+    Takes a frame with the model's feature columns and returns one row per
+    input row with ``segment_id``, ``segment_name`` and ``segment_probability``.
+    """
+
+    def __init__(self, model: SegmentModel, names: dict[int, str]):
+        self.model = model
+        self.names = dict(names)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:  # noqa: ARG002
+        frame = pd.DataFrame(model_input)
+        labels = self.model.predict(frame)
+        proba = self.model.predict_proba(frame)[np.arange(len(labels)), labels]
+        return pd.DataFrame({
+            "segment_id": labels.astype("int64"),
+            "segment_name": [self.names[int(s)] for s in labels],
+            "segment_probability": proba.astype("float64"),
+        })
+
+
+def tracking_uri(config: SegmlConfig) -> str:
+    """The tracking URI in force: the config's, else ``MLFLOW_TRACKING_URI``, else MLflow's default."""
+    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts and lists as ``a.b.c`` keys with text values (how the config is logged as params)."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple) and any(isinstance(v, dict | list | tuple) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: "" if value is None else str(list(value) if isinstance(value, tuple) else value)}
+    out: dict[str, str] = {}
+    for key, item in items:
+        out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """An MLflow run being recorded."""
+
+    uri: str
+    experiment_id: str
+    run_id: str
+
+
+def start_run(config: SegmlConfig, run_name: str | None = None) -> RunHandle:
+    """Create the run (and the experiment on first use); returns its handle."""
+    uri = tracking_uri(config)
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        experiment_id = client.create_experiment(config.experiment_name,
+                                                 artifact_location=config.tracking.artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    run = client.create_run(experiment_id, run_name=run_name, tags={"segml.version": segml.__version__})
+    log.info("MLflow run %s in experiment %r at %s", run.info.run_id, config.experiment_name, uri)
+    return RunHandle(uri=uri, experiment_id=experiment_id, run_id=run.info.run_id)
+
+
+def end_run(handle: RunHandle, error: BaseException | None = None) -> None:
+    """Mark the run finished, or failed with the error's message as a tag."""
+    client = _client(handle.uri)
+    if error is not None:
+        client.set_tag(handle.run_id, "segml.error", str(error)[:5000])
+    client.set_terminated(handle.run_id, "FAILED" if error is not None else "FINISHED")
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def log_params_and_metrics(handle: RunHandle, params: dict[str, str], metrics: dict[str, float]) -> None:
+    """Log params (text) and metrics (finite numbers only) in batches."""
+    client = _client(handle.uri)
+    for batch in _chunks([Param(k, v[:6000]) for k, v in params.items()], 100):
+        client.log_batch(handle.run_id, params=batch)
+    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
+    clean = [Metric(k, float(v), timestamp, 0) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+    for batch in _chunks(clean, 500):
+        client.log_batch(handle.run_id, metrics=batch)
+
+
+def log_candidates(handle: RunHandle, candidates: pd.DataFrame, algorithm: str) -> list[str]:
+    """One finished child run per candidate k, with its scores; returns their run ids."""
+    client = _client(handle.uri)
+    child_ids = []
+    for row in candidates.itertuples():
+        child = client.create_run(handle.experiment_id, run_name=f"k={row.k}",
+                                  tags={"mlflow.parentRunId": handle.run_id, "segml.candidate": "true"})
+        metrics = {m: getattr(row, m) for m in ("silhouette", "calinski_harabasz", "davies_bouldin", "bic",
+                                                "inertia", "min_share")}
+        metrics["eligible"] = float(row.eligible)
+        metrics["chosen"] = float(row.chosen)
+        log_params_and_metrics(RunHandle(handle.uri, handle.experiment_id, child.info.run_id),
+                               {"k": str(row.k), "algorithm": algorithm}, metrics)
+        client.set_terminated(child.info.run_id, "FINISHED")
+        child_ids.append(child.info.run_id)
+    return child_ids
+
+
+def log_artifacts(handle: RunHandle, folder: Path, artifact_path: str | None = None) -> None:
+    _client(handle.uri).log_artifacts(handle.run_id, str(folder), artifact_path)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "scipy", "mlflow")]
+
+
+def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names: dict[int, str],
+              example: pd.DataFrame) -> tuple[str, int]:
+    """Log the model as a pyfunc, registered under the config's model name; returns (model URI, version).
+
+    The segml package is shipped with the model (``code_paths``) so it loads
+    where segml is not installed.
+    """
+    pyfunc = SegmentPyfunc(model, names)
+    example = example[model.features].head(5)
+    signature = infer_signature(example, pyfunc.predict(None, example))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(handle.uri)
+    try:
+        with mlflow.start_run(run_id=handle.run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=pyfunc,
+                signature=signature,
+                input_example=example,
+                registered_model_name=config.registered_model_name,
+                pip_requirements=_requirements(),
+                code_paths=[str(Path(segml.__file__).parent)],
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return info.model_uri, int(info.registered_model_version)
+
+
+def load_model(model_uri: str, uri: str | None = None):
+    """Load a logged segmentation model as a pyfunc."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(model_uri)

@@ -1,0 +1,140 @@
+"""The Prefect flow and its MLflow record, run for real: Prefect test harness, SQLite MLflow store, files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import write_flow_config
+from pipelines.segment import CRM_COLUMNS, segment_customers
+from segml.config import load_config
+from segml.segmentation import prepare_purchases
+
+RUN_METRICS = ["n_segments", "homogeneity", "explained_variance", "silhouette", "calinski_harabasz",
+               "davies_bouldin", "stability_ari", "segment_share_min", "rows_read", "rows_used",
+               "rows_rejected", "customers"]
+PLOTS = ["segment_sizes", "snake_plot", "feature_distributions", "projection_2d", "silhouette_by_segment",
+         "k_selection"]
+
+
+@pytest.fixture(scope="module")
+def flow_run(prefect_harness, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flow")
+    config_path = write_flow_config(folder)
+    summary = segment_customers(str(config_path))
+    config = load_config(config_path)
+    return summary, config, config_path, MlflowClient(tracking_uri=config.tracking.uri,
+                                                      registry_uri=config.tracking.uri)
+
+
+def test_summary_names_the_run_counts_and_outputs(flow_run):
+    summary, config, _, _ = flow_run
+    assert summary["n_segments"] == 5 and summary["customers"] == 600
+    assert summary["rows_read"] == summary["rows_used"] + summary["rows_rejected"] + summary["rows_outside_window"]
+    assert Path(summary["output_dir"]) == Path(config.output.dir) / "sample" / "2024-01-01"
+    assert Path(summary["assignments"]).exists() and Path(summary["report"]).stat().st_size > 10_000
+
+
+def test_mlflow_run_has_params_metrics_and_child_runs(flow_run):
+    summary, config, _, client = flow_run
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "sample"
+    params = run.data.params
+    assert params["model.algorithm"] == "kmeans" and params["model.k_range"] == "[2, 8]"
+    assert params["data.columns.customer_id"] == "customer_id"
+    assert params["as_of"] == "2024-01-01" and params["input_fingerprint"].startswith(f"{summary['rows_read']}:")
+    assert params["segml_version"]
+    metrics = run.data.metrics
+    assert set(RUN_METRICS) <= set(metrics)
+    assert "bic" not in metrics  # KMeans has no likelihood
+    for segment in range(5):
+        for name in ("homogeneity", "share", "stability_jaccard"):
+            assert f"{name}.{segment}" in metrics
+    assert metrics["rows_read"] == summary["rows_read"]
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'")
+    assert sorted(int(c.data.params["k"]) for c in children) == list(range(2, 9))
+    chosen = [c for c in children if c.data.metrics["chosen"] == 1.0]
+    assert len(chosen) == 1 and chosen[0].data.params["k"] == "5"
+
+
+def test_mlflow_run_has_every_table_plot_report_and_config(flow_run):
+    summary, _, config_path, client = flow_run
+    root = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {"assignments.csv", "assignments.parquet", "segments.csv", "homogeneity.csv", "candidates.csv",
+            "contract.csv", "rejected_lines.csv", "excluded_customers.csv", "segment_report.pdf",
+            "plots", "config"} <= root
+    plots = {Path(a.path).stem for a in client.list_artifacts(summary["run_id"], "plots")}
+    assert set(PLOTS) <= plots
+    configs = {Path(a.path).name for a in client.list_artifacts(summary["run_id"], "config")}
+    assert {config_path.name, "resolved.yaml"} <= configs
+
+
+def test_registered_model_reproduces_the_logged_assignments(flow_run):
+    summary, config, _, client = flow_run
+    version = client.get_model_version("segml-sample", str(summary["model_version"]))
+    assert version.run_id == summary["run_id"]
+    logged = pd.read_parquet(mlflow.artifacts.download_artifacts(
+        run_id=summary["run_id"], artifact_path="assignments.parquet", tracking_uri=config.tracking.uri))
+    mlflow.set_tracking_uri(config.tracking.uri)
+    model = mlflow.pyfunc.load_model(f"models:/segml-sample/{summary['model_version']}")
+    scored = model.predict(logged[["recency_days", "frequency", "monetary"]])
+    pd.testing.assert_frame_equal(scored, logged[["segment_id", "segment_name", "segment_probability"]],
+                                  check_dtype=False)
+
+
+def test_published_assignment_table_is_the_crm_contract(flow_run):
+    summary, _, _, _ = flow_run
+    table = pd.read_csv(summary["assignments"], dtype={"customer_id": str})
+    assert table.columns.tolist() == CRM_COLUMNS
+    assert table["customer_id"].is_unique and len(table) == 600
+    assert (table["as_of"] == "2024-01-01").all()
+    assert (table["run_id"] == summary["run_id"]).all() and (table["model_version"] == summary["model_version"]).all()
+    catalogue = pd.read_csv(Path(summary["output_dir"]) / "segments.csv")
+    assert {"segment_id", "segment_name", "description", "size", "share", "revenue_share",
+            "median_recency_days", "median_frequency", "median_monetary"} <= set(catalogue.columns)
+    assert oct(Path(summary["assignments"]).stat().st_mode & 0o777) == "0o644"
+
+
+def test_prefect_shows_the_segment_table(flow_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["segments-sample"])))
+    assert artifacts and artifacts[0].type == "table"
+    assert "Champions" in str(artifacts[0].data)
+
+
+def test_a_failed_step_fails_the_flow_marks_the_run_failed_and_publishes_nothing(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path, model={"n_clusters": 8, "min_segment_share": 0.3})
+    state = segment_customers(str(config_path), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"smaller than model.min_segment_share=0.3"):
+        state.result()
+    config = load_config(config_path)
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name("sample").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "min_segment_share" in runs[0].data.tags["segml.error"]
+    assert not Path(config.output.dir).exists()
+
+
+@pytest.mark.slow
+def test_gaussian_mixture_run_logs_bic_and_probabilities(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path, model={"algorithm": "gmm", "k_range": [3, 6], "criterion": "bic",
+                                                     "covariance_type": "diag"})
+    summary = segment_customers(str(config_path), as_of=dt.date(2023, 12, 1))
+    config = load_config(config_path)
+    run = MlflowClient(tracking_uri=config.tracking.uri).get_run(summary["run_id"])
+    assert "bic" in run.data.metrics and run.data.params["as_of"] == "2023-12-01"
+    table = pd.read_parquet(Path(summary["output_dir"]) / "assignments.parquet")
+    assert table["segment_probability"].between(0, 1).all() and table["segment_probability"].lt(1).any()
+    features = prepare_purchases(config, as_of=dt.date(2023, 12, 1)).features
+    assert len(table) == len(features)
