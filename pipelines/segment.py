@@ -25,6 +25,7 @@ import segml
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
+from segml.errors import SegmlError
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
 from segml.outputs import publish_folder, stage_files
@@ -40,12 +41,23 @@ from segml.segmentation import (
 )
 from segml.validation import REJECTION_REASONS, WINDOW_REASONS
 
+def _transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry condition signature
+    """Retry I/O failures, never segml's own errors: a missing column stays missing on the next try."""
+    try:
+        state.result()
+    except SegmlError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (network, locks, disk) may pass
+        return True
+    return False
+
+
 #: The assignment table CRM teams import, in column order.
 CRM_COLUMNS = ["customer_id", "segment_id", "segment_name", "segment_probability", "recency_days", "frequency",
                "monetary", "tenure_days", "avg_order_value", "as_of", "run_id", "model_version"]
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def load_purchases(config: SegmlConfig, as_of: dt.date | None, config_name: str) -> Purchases:
     """Read the source, apply the data contract and compute the features."""
     purchases = prepare_purchases(config, as_of=as_of, config_name=config_name)
@@ -162,7 +174,7 @@ def log_files(handle: tracking.RunHandle, staging: Path) -> None:
     tracking.log_artifacts(handle, staging)
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def publish_files(staging: Path, destination: Path) -> dict[str, Path]:
     """Copy the run's files into the output folder, each atomically."""
     return publish_folder(staging, destination)

@@ -1,21 +1,37 @@
-"""The segml command, run as a user runs it."""
+"""The segml command, run as a user runs it: a separate process, against the test session's Prefect server."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pandas as pd
+import pytest
 import yaml
-from typer.testing import CliRunner
 
-from segml.cli import app
-
-runner = CliRunner()
+from segml.sample import write_sample
 
 
-def test_demo_writes_sample_data_and_results(tmp_path):
-    result = runner.invoke(app, ["demo", "--dir", str(tmp_path), "--customers", "600"])
-    assert result.exit_code == 0, result.output
+@pytest.fixture(scope="module")
+def segml_cli(prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "120"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "segml", *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+    return run
+
+
+def test_demo_writes_sample_data_and_results(segml_cli, tmp_path):
+    result = segml_cli("demo", "--dir", str(tmp_path), "--customers", "600")
+    assert result.returncode == 0, result.stderr
     folder = tmp_path / "outputs" / "sample" / "2024-01-01"
-    assert f"Results are in {folder}" in result.output.replace("\n", "")
+    assert f"Results are in {folder}" in result.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in result.stdout
+    assert "Champions" in result.stdout
     assignments = pd.read_csv(folder / "assignments.csv")
     assert len(assignments) == 600 and assignments["customer_id"].is_unique
     segments = pd.read_csv(folder / "segments.csv")
@@ -23,30 +39,49 @@ def test_demo_writes_sample_data_and_results(tmp_path):
     contract = pd.read_csv(folder / "contract.csv")
     rejected = pd.read_csv(folder / "rejected_lines.csv")
     assert contract.loc[contract["status"] == "rejected", "lines"].sum() == len(rejected)
-    assert not list(folder.glob(".*.tmp"))  # no temporary files left behind
+    assert (folder / "segment_report.pdf").exists()
+    assert not list(folder.rglob(".*.tmp"))  # no temporary files left behind
 
 
-def test_validate_reports_the_contract_without_fitting(tmp_path):
-    runner.invoke(app, ["demo", "--dir", str(tmp_path), "--customers", "200"])
-    result = runner.invoke(app, ["validate", str(tmp_path / "segml.yaml"), "--as-of", "2023-06-01"])
-    assert result.exit_code == 0, result.output
-    assert "Data contract as of 2023-06-01" in result.output
-    assert "after_as_of" in result.output and "The configuration is valid." in result.output
+def test_validate_reports_the_contract_without_fitting(segml_cli, tmp_path):
+    config = write_sample(tmp_path, n_customers=200)
+    result = segml_cli("validate", str(config), "--as-of", "2023-06-01")
+    assert result.returncode == 0, result.stderr
+    assert "Data contract as of 2023-06-01" in result.stdout
+    assert "after_as_of" in result.stdout and "The configuration is valid." in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_errors_print_one_message_without_a_traceback(tmp_path):
+def test_a_data_error_prints_one_message_without_a_traceback(segml_cli, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"data": {"path": "missing.csv", "columns": {
-        "customer_id": "c", "timestamp": "t", "amount": "a"}}}))
-    result = runner.invoke(app, ["run", str(config)])
-    assert result.exit_code == 1
-    assert "missing.csv' not found; check data.path" in result.output
-    assert "Traceback" not in result.output
-    debug = runner.invoke(app, ["run", str(config), "--debug"])
-    assert "Traceback" in debug.output
+        "customer_id": "c", "timestamp": "t", "amount": "a"}}, "tracking": {"uri": "sqlite:///mlflow.db"}}))
+    result = segml_cli("run", str(config))
+    assert result.returncode == 1
+    assert f"error: purchase file '{tmp_path / 'missing.csv'}' not found; check data.path" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Retry 1/2" not in result.stderr  # a missing file is not retried
+    debug = segml_cli("run", str(config), "--debug")
+    assert "Traceback" in debug.stderr
 
 
-def test_bad_as_of_date_is_refused():
-    result = runner.invoke(app, ["run", "x.yaml", "--as-of", "01/02/2024"])
-    assert result.exit_code == 2
-    assert "--as-of" in result.output
+def test_a_bad_config_fails_before_any_flow_starts(segml_cli, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {path: x.csv}\nmodel: {algo: kmeans}\n")
+    result = segml_cli("run", str(config))
+    assert result.returncode == 1
+    assert "2 problems in the configuration" in result.stderr and "Traceback" not in result.stderr
+    assert "flow run" not in result.stderr.lower()
+
+
+def test_help_lists_the_commands(segml_cli):
+    result = segml_cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "demo", "validate"):
+        assert command in result.stdout
+
+
+def test_bad_as_of_date_is_refused(segml_cli):
+    result = segml_cli("run", "x.yaml", "--as-of", "01/02/2024")
+    assert result.returncode == 2
+    assert "--as-of" in result.stderr

@@ -40,6 +40,8 @@ def _fail(exc: BaseException, debug: bool) -> None:
         console.print(traceback.format_exc(), markup=False, highlight=False)
     if isinstance(exc, SegmlError):
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    # Drop the failed frames' locals now (open DuckDB connections among them) rather than at exit.
+    traceback.clear_frames(exc.__traceback__)
     raise typer.Exit(code=1)
 
 
@@ -69,12 +71,28 @@ def _print_summary(summary: dict) -> None:
     out.print(f"Results are in {summary['output_dir']} (report: segment_report.pdf)")
 
 
-def run_flow(config: Path, as_of: dt.date | None) -> dict:
+class _NoTracebackForKnownErrors(logging.Filter):
+    """Prefect logs a failed task with its traceback; for segml's own errors the message says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], SegmlError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def run_flow(config: Path, as_of: dt.date | None, debug: bool = False) -> dict:
     """Run the segmentation flow on CONFIG; returns its summary."""
     _quiet_defaults()
     load_config(config)  # fail fast, before starting Prefect, on a bad configuration
+    from prefect.logging.configuration import setup_logging
+
     from pipelines.segment import segment_customers
 
+    if not debug:
+        setup_logging()
+        for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root logger
+            handler.addFilter(_NoTracebackForKnownErrors())
     return segment_customers(str(config), as_of)
 
 
@@ -82,7 +100,7 @@ def run_flow(config: Path, as_of: dt.date | None) -> dict:
 def run(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> None:
     """Segment the customers of CONFIG's purchases, record the run in MLflow and publish the results."""
     try:
-        summary = run_flow(config, as_of.date() if as_of else None)
+        summary = run_flow(config, as_of.date() if as_of else None, debug)
     except Exception as exc:  # noqa: BLE001 - every error ends the command with one message
         _fail(exc, debug)
     _print_summary(summary)
@@ -121,7 +139,7 @@ def demo(
     try:
         config_path = write_sample(folder, n_customers=customers)
         out.print(f"Sample purchases and configuration written to {config_path.parent}")
-        summary = run_flow(config_path, None)
+        summary = run_flow(config_path, None, debug)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     _print_summary(summary)
@@ -131,7 +149,6 @@ def demo(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
     app()
 
 

@@ -61,19 +61,24 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
 
     ``as_of`` overrides ``window.as_of`` from the configuration.
     """
+    own = con is None
     con = con or connect()
-    if frame is not None:
-        register_frame(con, frame, config.data.columns, config_name)
-    else:
-        register_source(con, config.data, config_name)
-    window = config.window if as_of is None else WindowConfig(as_of=as_of,
-                                                              lookback_days=config.window.lookback_days)
-    report = classify_lines(con, config.data, window)
-    features, excluded = feature_module.compute_features(con, report.as_of)
-    log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
-             excluded["reason"].value_counts().to_dict())
-    return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con),
-                     fingerprint=fingerprint(con))
+    try:
+        if frame is not None:
+            register_frame(con, frame, config.data.columns, config_name)
+        else:
+            register_source(con, config.data, config_name)
+        window = config.window if as_of is None else WindowConfig(as_of=as_of,
+                                                                  lookback_days=config.window.lookback_days)
+        report = classify_lines(con, config.data, window)
+        features, excluded = feature_module.compute_features(con, report.as_of)
+        log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
+                 excluded["reason"].value_counts().to_dict())
+        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con),
+                         fingerprint=fingerprint(con))
+    finally:
+        if own:
+            con.close()
 
 
 def fit_model(features: pd.DataFrame, config: SegmlConfig) -> tuple[SegmentModel, pd.DataFrame]:

@@ -1,0 +1,3 @@
+from segml.cli import main
+
+main()
