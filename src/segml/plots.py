@@ -65,7 +65,8 @@ def plot_snake(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, featur
         members = labels == row.segment_id
         ax.plot(x, z[members].mean(axis=0), marker="o", color=colours[row.segment_id], label=label)
     ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xticks(x, features)
+    hints = {"recency_days": "\n(higher = longer ago)", "tenure_days": "\n(higher = longer-standing)"}
+    ax.set_xticks(x, [f + hints.get(f, "") for f in features])
     ax.set_ylabel("segment mean (standard deviations from the population mean)")
     ax.set_title("Snake plot: standardised feature means per segment (model space)")
     ax.legend(fontsize=8, loc="best")
