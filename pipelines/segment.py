@@ -25,11 +25,12 @@ import segml
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
-from segml.errors import SegmlError
+from segml.errors import QualityGateError, SegmlError
+from segml.identity import Identity, Migration, assign_identities, drift, evaluate_gates, migrate
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
 from segml.outputs import publish_folder, stage_files
-from segml.plots import segmentation_figures
+from segml.plots import plot_migration, segmentation_figures
 from segml.segmentation import (
     Purchases,
     Quality,
@@ -54,7 +55,8 @@ def _transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry
 
 #: The assignment table CRM teams import, in column order.
 CRM_COLUMNS = ["customer_id", "segment_id", "segment_name", "segment_probability", "recency_days", "frequency",
-               "monetary", "tenure_days", "avg_order_value", "as_of", "run_id", "model_version"]
+               "monetary", "tenure_days", "avg_order_value", "previous_segment_id", "segment_changed", "as_of",
+               "run_id", "model_version"]
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
@@ -91,6 +93,40 @@ def profile_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfi
     return describe_segments(features, scored, config)
 
 
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def fetch_champion(config: SegmlConfig) -> tracking.Published | None:
+    """The last published segmentation (the model version aliased ``champion``), if any."""
+    published = tracking.load_champion(config)
+    logger = get_run_logger()
+    if published is None:
+        logger.info("no published segmentation yet: segment ids start at S1")
+    else:
+        logger.info("matching against the published segmentation as of %s (model version %d)",
+                    published.as_of, published.version)
+    return published
+
+
+@task(cache_policy=NO_CACHE)
+def carry_identities(segments: pd.DataFrame, published: tracking.Published | None, model: SegmentModel,
+                     config: SegmlConfig, as_of: dt.date) -> Identity:
+    """Keep the ids and names of segments that match the published ones; new ids for the others."""
+    identity = assign_identities(segments, published.catalogue if published else None, model.features,
+                                 model.transform, config.identity.max_distance, as_of)
+    outcomes = identity.matching["outcome"].value_counts().to_dict()
+    get_run_logger().info("segment identity: %s", outcomes)
+    return identity
+
+
+@task(cache_policy=NO_CACHE)
+def compare_with_published(published: tracking.Published | None, assignments: pd.DataFrame,
+                           identity: Identity) -> tuple[Migration, dict[str, float]]:
+    """Migration of customers and drift of features and shares against the published run."""
+    previous = published.assignments if published else None
+    migration = migrate(previous, assignments)
+    shifts = drift(previous, assignments, published.catalogue if published else None, identity.segments)
+    return migration, shifts
+
+
 def run_metrics(purchases: Purchases, scored: Quality, segments: pd.DataFrame) -> dict[str, float]:
     """Every metric of the run under its documented name."""
     r = purchases.report
@@ -106,27 +142,30 @@ def run_metrics(purchases: Purchases, scored: Quality, segments: pd.DataFrame) -
 
 @task(cache_policy=NO_CACHE)
 def record_run(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, model: SegmentModel,
-               candidates: pd.DataFrame, scored: Quality, segments: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+               candidates: pd.DataFrame, segments: pd.DataFrame, assignments: pd.DataFrame,
+               migration: Migration, metrics: dict[str, float]) -> tuple[pd.DataFrame, int]:
     """Log params, metrics, candidate child runs and the registered model; returns the CRM table and version."""
     params = tracking.flatten(config.model_dump(mode="json"))
     params.update(as_of=purchases.report.as_of.isoformat(), input_fingerprint=purchases.fingerprint,
                   segml_version=segml.__version__, tracking_uri=_without_password(handle.uri))
-    tracking.log_params_and_metrics(handle, params, run_metrics(purchases, scored, segments))
+    tracking.log_params_and_metrics(handle, params, metrics)
     tracking.log_candidates(handle, candidates, config.model.algorithm)
-    names = dict(zip(segments["segment_id"].astype(int), segments["segment_name"]))
+    names = {int(r.segment): (r.segment_id, r.segment_name) for r in segments.itertuples()}
     _, version = tracking.log_model(handle, config, model, names, purchases.features)
-    assignments = build_assignments(purchases.features, scored, segments, purchases.report.as_of)
-    assignments["run_id"] = handle.run_id
-    assignments["model_version"] = version
+    table = assignments.merge(migration.customers, on="customer_id", how="left", validate="one_to_one")
+    table["run_id"] = handle.run_id
+    table["model_version"] = version
     get_run_logger().info("registered model %r version %d", config.registered_model_name, version)
-    return assignments[CRM_COLUMNS], version
+    return table[CRM_COLUMNS], version
 
 
 @task(cache_policy=NO_CACHE)
 def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, purchases: Purchases,
-                 model: SegmentModel, candidates: pd.DataFrame, scored: Quality, segments: pd.DataFrame,
-                 assignments: pd.DataFrame, run_id: str, version: int) -> dict[str, Path]:
+                 model: SegmentModel, candidates: pd.DataFrame, scored: Quality, identity: Identity,
+                 migration: Migration, assignments: pd.DataFrame, run_id: str, version: int,
+                 gate_lines: list[str]) -> dict[str, Path]:
     """Tables, plots and the PDF report of the run, rendered into a staging folder."""
+    segments = identity.segments
     features = purchases.features.sort_index()
     Z = model.transform(features)
     figures = segmentation_figures(features, Z, scored.labels, segments, candidates, model.features,
@@ -144,7 +183,15 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
         f"{m['explained_variance']:.2f}, silhouette {m['silhouette']:.2f}, stability (ARI) "
         f"{m['stability_ari']:.2f}.",
         f"MLflow run {run_id}, model {config.registered_model_name} version {version}.",
+        *gate_lines,
     ]
+    if not migration.counts.empty:
+        names = dict(zip(identity.catalogue["segment_id"], identity.catalogue["segment_name"]))
+        figures["migration"] = plot_migration(migration.shares, migration.counts, names)
+        ms = migration.summary
+        facts.append(f"Against the published run: {ms['customers_in_both']:,.0f} customers in both, "
+                     f"{ms['customers_changed']:,.0f} changed segment ({ms['changed_share']:.1%}), "
+                     f"{ms['customers_new']:,.0f} new, {ms['customers_lapsed']:,.0f} lapsed.")
     descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, "": "counted in the features"}
     pages = [report_pages.summary_page(f"Customer segments: {config.name}", facts, segments,
                                        config.naming.currency),
@@ -154,12 +201,18 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
         "segments": segments,
         "candidates": candidates,
         "homogeneity": scored.homogeneity.assign(
-            segment_name=segments.set_index("segment_id")["segment_name"].loc[scored.homogeneity["segment"]].to_numpy()),
+            segment_id=segments.set_index("segment")["segment_id"].loc[scored.homogeneity["segment"]].to_numpy(),
+            segment_name=segments.set_index("segment")["segment_name"].loc[scored.homogeneity["segment"]].to_numpy()),
         "contract": r.as_frame(),
         "rejected_lines": purchases.rejected,
         "excluded_customers": purchases.excluded.assign(
             meaning=purchases.excluded["reason"].map(EXCLUSION_REASONS)),
+        "catalogue": identity.catalogue,
+        "segment_matching": identity.matching,
     }
+    if not migration.counts.empty:
+        tables["migration_counts"] = migration.counts.reset_index()
+        tables["migration_shares"] = migration.shares.reset_index()
     written = stage_files(staging, assignments, tables, figures, pages)
     config_dir = staging / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -209,13 +262,33 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
         model, candidates = choose_and_fit(features, cfg)
         scored = score_quality(model, candidates, features, cfg)
         segments = profile_segments(features, scored, cfg)
-        assignments, version = record_run(handle, cfg, purchases, model, candidates, scored, segments)
+        published = fetch_champion(cfg)
+        identity = carry_identities(segments, published, model, cfg, purchases.report.as_of)
+        segments = identity.segments
+        base = build_assignments(features, scored, segments, purchases.report.as_of)
+        migration, shifts = compare_with_published(published, base, identity)
+        metrics = {**run_metrics(purchases, scored, segments), **migration.summary, **shifts}
+        gates = evaluate_gates(cfg.gates.model_dump(), metrics)
+        failed = [g for g in gates if not g.passed]
+        metrics.update({f"gate.{g.gate}": float(g.passed) for g in gates}, gates_passed=float(not failed))
+        assignments, version = record_run(handle, cfg, purchases, model, candidates, segments, base, migration,
+                                          metrics)
+        gate_lines = ([f"Quality gates: {'; '.join(g.describe() for g in gates)}; "
+                       + ("FAILED, not published." if failed else "all passed.")] if gates else [])
+        destination = Path(cfg.output.dir) / cfg.name / purchases.report.as_of.isoformat()
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
-            render_files(staging, cfg, config_path, purchases, model, candidates, scored, segments, assignments,
-                         handle.run_id, version)
+            render_files(staging, cfg, config_path, purchases, model, candidates, scored, identity, migration,
+                         assignments, handle.run_id, version, gate_lines)
             log_files(handle, staging)
-            destination = Path(cfg.output.dir) / cfg.name / purchases.report.as_of.isoformat()
+            if failed:
+                tracking.tag_failed_gates(handle, [g.describe() for g in failed])
+                raise QualityGateError(
+                    f"{len(failed)} quality gate{'s' if len(failed) > 1 else ''} failed: "
+                    + "; ".join(g.describe() for g in failed)
+                    + f". The run is recorded in MLflow ({handle.run_id}) but neither promoted nor published; "
+                    "change the gates in the configuration or look into the data.")
+            tracking.promote(handle, cfg, version)
             publish_files(staging, destination)
     except BaseException as exc:
         tracking.end_run(handle, exc)
@@ -224,7 +297,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
 
     create_table_artifact(
         key=_artifact_key(cfg.name),
-        table=[{"segment_id": int(r.segment_id), "segment_name": r.segment_name, "customers": int(r.size),
+        table=[{"segment_id": r.segment_id, "segment_name": r.segment_name, "customers": int(r.size),
                 "share": round(float(r.share), 4), "revenue_share": round(float(r.revenue_share), 4),
                 "homogeneity": round(float(r.homogeneity), 3),
                 "stability_jaccard": None if np.isnan(r.stability_jaccard) else round(float(r.stability_jaccard), 3),
@@ -247,6 +320,8 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
         "customers": len(features),
         "n_segments": model.n_segments,
         "homogeneity": scored.metrics["homogeneity"],
+        "gates": {g.gate: g.passed for g in gates},
+        "migration": migration.summary,
         "output_dir": str(destination),
         "assignments": str(destination / "assignments.csv"),
         "report": str(destination / "segment_report.pdf"),

@@ -53,7 +53,7 @@ def test_mlflow_run_has_params_metrics_and_child_runs(flow_run):
     metrics = run.data.metrics
     assert set(RUN_METRICS) <= set(metrics)
     assert "bic" not in metrics  # KMeans has no likelihood
-    for segment in range(5):
+    for segment in ("S1", "S2", "S3", "S4", "S5"):
         for name in ("homogeneity", "share", "stability_jaccard"):
             assert f"{name}.{segment}" in metrics
     assert metrics["rows_read"] == summary["rows_read"]

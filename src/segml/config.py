@@ -216,6 +216,30 @@ class TrackingConfig(_Strict):
     artifact_location: str | None = None
 
 
+class IdentityConfig(_Strict):
+    """Matching a run's segments to the last published ones."""
+
+    max_distance: float = Field(1.0, gt=0)
+
+
+class GatesConfig(_Strict):
+    """Quality gates a run must pass before it is promoted and published; unset gates are not checked."""
+
+    min_homogeneity: float | None = Field(None, le=1)
+    min_stability: float | None = Field(None, le=1)
+    min_segment_share: float | None = Field(None, ge=0, lt=0.5)
+    max_changed_share: float | None = Field(None, ge=0, le=1)
+    max_psi: float | None = Field(None, gt=0)
+
+
+class ScheduleConfig(_Strict):
+    """Cron schedules of the Prefect deployments (see pipelines/deployments.py)."""
+
+    refit_cron: str | None = "0 3 1 * *"
+    score_cron: str | None = "0 4 * * *"
+    timezone: str = "UTC"
+
+
 class SegmlConfig(_Strict):
     """A whole segml configuration."""
 
@@ -229,6 +253,15 @@ class SegmlConfig(_Strict):
     naming: NamingConfig = NamingConfig()
     output: OutputConfig = OutputConfig()
     tracking: TrackingConfig = TrackingConfig()
+    identity: IdentityConfig = IdentityConfig()
+    gates: GatesConfig = GatesConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _stability_gate_needs_resamples(self) -> SegmlConfig:
+        if self.gates.min_stability is not None and self.quality.stability_resamples == 0:
+            raise ValueError("gates.min_stability needs quality.stability_resamples > 0")
+        return self
 
     @property
     def experiment_name(self) -> str:

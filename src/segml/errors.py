@@ -19,3 +19,7 @@ class InputDataError(SegmlError):
 
 class SegmentationError(SegmlError):
     """No segmentation satisfies the model settings on this data."""
+
+
+class QualityGateError(SegmlError):
+    """A run failed one or more quality gates; it is recorded but neither promoted nor published."""

@@ -62,8 +62,8 @@ def plot_snake(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, featur
     colours = segment_colours(len(segments))
     x = np.arange(len(features))
     for row, label in zip(segments.itertuples(), _labels(segments)):
-        members = labels == row.segment_id
-        ax.plot(x, z[members].mean(axis=0), marker="o", color=colours[row.segment_id], label=label)
+        members = labels == row.segment
+        ax.plot(x, z[members].mean(axis=0), marker="o", color=colours[row.segment], label=label)
     ax.axhline(0, color="grey", linewidth=0.8)
     hints = {"recency_days": "\n(higher = longer ago)", "tenure_days": "\n(higher = longer-standing)"}
     ax.set_xticks(x, [f + hints.get(f, "") for f in features])
@@ -83,7 +83,7 @@ def plot_feature_distributions(features: pd.DataFrame, labels: np.ndarray, segme
     for i, column in enumerate(columns):
         ax = fig.add_subplot(len(columns), 1, i + 1)
         data = [np.clip(features[column].to_numpy(dtype=float)[labels == s], 1e-2, None)
-                for s in segments["segment_id"]]
+                for s in segments["segment"]]
         box = ax.boxplot(data, orientation="horizontal", patch_artist=True, showfliers=False, widths=0.6)
         for patch, colour in zip(box["boxes"], colours):
             patch.set_facecolor(colour)
@@ -111,8 +111,8 @@ def plot_projection(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, m
     ax = fig.add_subplot()
     colours = segment_colours(len(segments))
     for row, label in zip(segments.itertuples(), _labels(segments)):
-        members = labels[idx] == row.segment_id
-        ax.scatter(P[members, 0], P[members, 1], s=6, alpha=0.5, color=colours[row.segment_id], label=label)
+        members = labels[idx] == row.segment
+        ax.scatter(P[members, 0], P[members, 1], s=6, alpha=0.5, color=colours[row.segment], label=label)
     ax.set_xlabel(f"first principal component ({100 * ratio[0]:.0f}% of variance)")
     ax.set_ylabel(f"second principal component ({100 * ratio[1]:.0f}% of variance)")
     shown = f"{len(idx):,} of {len(labels):,} customers" if len(idx) < len(labels) else f"{len(idx):,} customers"
@@ -176,3 +176,23 @@ def segmentation_figures(features: pd.DataFrame, Z: np.ndarray, labels: np.ndarr
         "silhouette_by_segment": plot_silhouette(segments),
         "k_selection": plot_k_selection(candidates, criterion, min_share),
     }
+
+
+def plot_migration(shares: pd.DataFrame, counts: pd.DataFrame, names: dict[str, str]) -> Figure:
+    """Heatmap of where the customers of each previous segment are now (row shares, with counts)."""
+    fig = Figure(figsize=(2 + 1.3 * shares.shape[1], 1.5 + 0.7 * shares.shape[0]), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(100 * shares.to_numpy(dtype=float), cmap="Blues", vmin=0, vmax=100, aspect="auto")
+    for i in range(shares.shape[0]):
+        for j in range(shares.shape[1]):
+            value = 100 * shares.iat[i, j]
+            ax.text(j, i, f"{value:.0f}%\n({counts.iat[i, j]:,})", ha="center", va="center", fontsize=8,
+                    color="white" if value > 60 else "black")
+    label = lambda s: f"{s}: {names.get(s, 'retired')}"  # noqa: E731
+    ax.set_xticks(range(shares.shape[1]), [label(s) for s in shares.columns], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(shares.shape[0]), [label(s) for s in shares.index], fontsize=8)
+    ax.set_xlabel("segment now")
+    ax.set_ylabel("segment in the previous published run")
+    ax.set_title("Customer migration (share of each previous segment, customers in both runs)")
+    fig.colorbar(image, ax=ax, label="% of the previous segment")
+    return fig

@@ -43,20 +43,27 @@ SAMPLE_COLUMNS = ["order_id", "customer_id", "purchased_at", "product", "quantit
 
 def generate_purchases(n_customers: int = 2000, as_of: dt.date = SAMPLE_AS_OF, seed: int = 0,
                        messy: bool = True, groups: dict[str, Group] | None = None,
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       group_of_customer: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Purchase lines of ``n_customers`` customers, all before ``as_of``.
 
-    Returns ``(lines, truth)``: ``lines`` has the columns of
-    :data:`SAMPLE_COLUMNS` (``purchased_at`` as text, ``YYYY-MM-DD HH:MM:SS``);
-    ``truth`` has one row per customer with its ``group``.
+    Customers are split between the groups by their shares, or take the
+    groups listed in ``group_of_customer`` (one per customer, which then also
+    sets the number of customers). Returns ``(lines, truth)``: ``lines`` has
+    the columns of :data:`SAMPLE_COLUMNS` (``purchased_at`` as text,
+    ``YYYY-MM-DD HH:MM:SS``); ``truth`` has one row per customer with its
+    ``group``.
     """
     groups = groups or GROUPS
     rng = np.random.default_rng(seed)
     names = list(groups)
-    shares = np.array([groups[g].share for g in names])
-    counts = np.floor(shares / shares.sum() * n_customers).astype(int)
-    counts[: n_customers - counts.sum()] += 1
-    group_of = np.repeat(np.arange(len(names)), counts)
+    if group_of_customer is not None:
+        group_of = np.array([names.index(g) for g in group_of_customer])
+        n_customers = len(group_of)
+    else:
+        shares = np.array([groups[g].share for g in names])
+        counts = np.floor(shares / shares.sum() * n_customers).astype(int)
+        counts[: n_customers - counts.sum()] += 1
+        group_of = np.repeat(np.arange(len(names)), counts)
     customers = np.array([f"{10001 + i}" for i in range(n_customers)])
 
     def draw(attr: str, integer: bool = True) -> np.ndarray:

@@ -138,9 +138,11 @@ def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConf
     k = len(scored.summary)
     profiles = name_segments(profile_segments(features, scored.labels, k), features, config.naming)
     segments = profiles.merge(scored.summary.drop(columns=["size", "share"]), on="segment")
-    segments.insert(0, "segment_id", segments.pop("segment"))
+    # Ids of a first segmentation; segml.identity carries ids over from the last published run.
+    segments.insert(0, "segment_id", [f"S{s + 1}" for s in segments["segment"]])
     segments.insert(1, "segment_name", segments.pop("segment_name"))
     segments.insert(2, "description", segments.pop("description"))
+    segments.insert(3, "segment", segments.pop("segment"))
     return segments
 
 
@@ -148,10 +150,10 @@ def build_assignments(features: pd.DataFrame, scored: Quality, segments: pd.Data
                       as_of: dt.date) -> pd.DataFrame:
     """The assignment table: one row per customer with its segment and features."""
     features = features.sort_index()
-    names = segments.set_index("segment_id")["segment_name"]
+    by_number = segments.set_index("segment")
     assignments = features.reset_index()
-    assignments.insert(1, "segment_id", scored.labels)
-    assignments.insert(2, "segment_name", names.loc[scored.labels].to_numpy())
+    assignments.insert(1, "segment_id", by_number["segment_id"].loc[scored.labels].to_numpy())
+    assignments.insert(2, "segment_name", by_number["segment_name"].loc[scored.labels].to_numpy())
     assignments.insert(3, "segment_probability", scored.probability)
     assignments["as_of"] = as_of
     return assignments[ASSIGNMENT_COLUMNS]

@@ -44,17 +44,17 @@ class SegmentPyfunc(mlflow.pyfunc.PythonModel):
     input row with ``segment_id``, ``segment_name`` and ``segment_probability``.
     """
 
-    def __init__(self, model: SegmentModel, names: dict[int, str]):
+    def __init__(self, model: SegmentModel, segments: dict[int, tuple[str, str]]):
         self.model = model
-        self.names = dict(names)
+        self.segments = dict(segments)  # segment number -> (stable segment id, name)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:  # noqa: ARG002
         frame = pd.DataFrame(model_input)
         labels = self.model.predict(frame)
         proba = self.model.predict_proba(frame)[np.arange(len(labels)), labels]
         return pd.DataFrame({
-            "segment_id": labels.astype("int64"),
-            "segment_name": [self.names[int(s)] for s in labels],
+            "segment_id": [self.segments[int(s)][0] for s in labels],
+            "segment_name": [self.segments[int(s)][1] for s in labels],
             "segment_probability": proba.astype("float64"),
         })
 
@@ -158,7 +158,7 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "scipy", "mlflow")]
 
 
-def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names: dict[int, str],
+def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names: dict[int, tuple[str, str]],
               example: pd.DataFrame) -> tuple[str, int]:
     """Log the model as a pyfunc, registered under the config's model name; returns (model URI, version).
 
@@ -192,3 +192,52 @@ def load_model(model_uri: str, uri: str | None = None):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     return mlflow.pyfunc.load_model(model_uri)
+
+
+CHAMPION = "champion"
+
+
+@dataclass
+class Published:
+    """The last published (champion) segmentation: what a new run matches and compares against."""
+
+    run_id: str
+    version: int
+    as_of: str
+    catalogue: pd.DataFrame
+    assignments: pd.DataFrame
+
+
+def load_champion(config: SegmlConfig) -> Published | None:
+    """The registered model version with the alias ``champion`` and its run's catalogue and assignments."""
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(config)
+    client = _client(uri)
+    try:
+        version = client.get_model_version_by_alias(config.registered_model_name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    run = client.get_run(version.run_id)
+
+    def table(name: str) -> pd.DataFrame:
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=name, tracking_uri=uri)
+        return pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
+
+    assignments = table("assignments.parquet")
+    assignments["customer_id"] = assignments["customer_id"].astype(str)
+    return Published(run_id=version.run_id, version=int(version.version), as_of=run.data.params.get("as_of", ""),
+                     catalogue=table("catalogue.csv"), assignments=assignments)
+
+
+def promote(handle: RunHandle, config: SegmlConfig, version: int) -> None:
+    """Point the alias ``champion`` at ``version``: the next run matches against this one."""
+    client = _client(handle.uri)
+    client.set_registered_model_alias(config.registered_model_name, CHAMPION, str(version))
+    client.set_tag(handle.run_id, "segml.promoted", "true")
+
+
+def tag_failed_gates(handle: RunHandle, failed: list[str]) -> None:
+    _client(handle.uri).set_tag(handle.run_id, "segml.failed_gates", "; ".join(failed)[:5000])

@@ -1,0 +1,249 @@
+"""Stable segment identity across reruns, migration between runs, drift and quality gates.
+
+Clustering libraries number their clusters afresh on every fit. A published
+segmentation keeps a *catalogue*: every segment id ever issued (``S1``,
+``S2``...), its name, its median customer in original feature units, its size
+and whether it is retired. A new run matches its segments to the active
+segments of the last published catalogue by optimal one-to-one matching
+(Hungarian algorithm) on the distance between median customers in the new
+model's space. A matched segment keeps its id and name; a segment with no
+match within ``identity.max_distance`` gets a new id, never one used before;
+an old segment left without a match is retired.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+from segml.config import FEATURES
+
+CATALOGUE_COLUMNS = ["segment_id", "segment_name", "status", "first_as_of", "last_as_of", "size", "share",
+                     *[f"median_{f}" for f in FEATURES]]
+
+
+def segment_number(segment_id: str) -> int:
+    match = re.fullmatch(r"S(\d+)", str(segment_id))
+    return int(match.group(1)) if match else 0
+
+
+@dataclass
+class Identity:
+    """The outcome of matching one run's segments to the published catalogue."""
+
+    segments: pd.DataFrame      # the run's segments with their stable segment_id and segment_name
+    catalogue: pd.DataFrame     # the catalogue to publish if this run is promoted
+    matching: pd.DataFrame      # one row per current and per previous active segment: pair, distance, outcome
+
+
+def match_segments(current: pd.DataFrame, previous: pd.DataFrame, features: list[str],
+                   to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float) -> pd.DataFrame:
+    """Optimal one-to-one matching of current to previous segments on median-customer distance.
+
+    ``current`` and ``previous`` hold ``median_<feature>`` columns (original
+    units); ``to_space`` maps a frame of features to the model's space.
+    Returns one row per current segment (``index`` position in ``current``)
+    with the matched previous position (or -1) and the distance.
+    """
+    def medians(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[[f"median_{f}" for f in features]].set_axis(features, axis=1).reset_index(drop=True)
+
+    a = to_space(medians(current))
+    out = pd.DataFrame({"current": np.arange(len(current)), "previous": -1, "distance": np.nan})
+    if len(previous) == 0:
+        return out
+    b = to_space(medians(previous))
+    cost = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+    rows, cols = linear_sum_assignment(cost)
+    for r, c in zip(rows, cols):
+        out.loc[r, "distance"] = cost[r, c]
+        if cost[r, c] <= max_distance:
+            out.loc[r, "previous"] = c
+    return out
+
+
+def assign_identities(segments: pd.DataFrame, previous_catalogue: pd.DataFrame | None, features: list[str],
+                      to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float,
+                      as_of: dt.date) -> Identity:
+    """Give the run's segments stable ids and names against the previous catalogue.
+
+    ``segments`` is the run's segment table (``segment`` numbers, rule-based
+    ``segment_name``, medians). Without a previous catalogue, ids are ``S1``,
+    ``S2``... in segment order.
+    """
+    segments = segments.copy()
+    active = (previous_catalogue[previous_catalogue["status"] == "active"].reset_index(drop=True)
+              if previous_catalogue is not None else pd.DataFrame(columns=CATALOGUE_COLUMNS))
+    issued = [segment_number(s) for s in previous_catalogue["segment_id"]] if previous_catalogue is not None else []
+    next_number = max(issued, default=0) + 1
+
+    pairs = match_segments(segments, active, features, to_space, max_distance)
+    ids, names, outcomes = [], [], []
+    for row, pair in zip(segments.itertuples(), pairs.itertuples()):
+        if pair.previous >= 0:
+            old = active.iloc[pair.previous]
+            ids.append(old["segment_id"])
+            names.append(old["segment_name"])
+            outcomes.append("kept")
+        else:
+            ids.append(f"S{next_number}")
+            next_number += 1
+            names.append(row.segment_name)
+            outcomes.append("new")
+    kept_names = {n for n, o in zip(names, outcomes) if o == "kept"}
+    # A new segment whose rule-based name is already worn by a kept segment carries its id too.
+    names = [f"{n} ({i})" if o == "new" and n in kept_names else n for n, i, o in zip(names, ids, outcomes)]
+    segments["segment_id"] = ids
+    segments["segment_name"] = names
+
+    matched_previous = {int(p) for p in pairs["previous"] if p >= 0}
+    retired = active.drop(index=list(matched_previous))
+    matching = pd.DataFrame({
+        "segment_id": ids,
+        "segment_name": names,
+        "outcome": outcomes,
+        "previous_segment_id": [active.iloc[p]["segment_id"] if p >= 0 else None for p in pairs["previous"]],
+        "distance": pairs["distance"],
+    })
+    if len(retired):
+        matching = pd.concat([matching, pd.DataFrame({
+            "segment_id": retired["segment_id"], "segment_name": retired["segment_name"], "outcome": "retired",
+            "previous_segment_id": retired["segment_id"], "distance": np.nan})], ignore_index=True)
+
+    catalogue = _next_catalogue(segments, previous_catalogue, retired["segment_id"].tolist(), as_of)
+    return Identity(segments=segments, catalogue=catalogue, matching=matching)
+
+
+def _next_catalogue(segments: pd.DataFrame, previous: pd.DataFrame | None, retired_ids: list[str],
+                    as_of: dt.date) -> pd.DataFrame:
+    first_seen = previous.set_index("segment_id")["first_as_of"].to_dict() if previous is not None else {}
+    current = pd.DataFrame({
+        "segment_id": segments["segment_id"],
+        "segment_name": segments["segment_name"],
+        "status": "active",
+        "first_as_of": [first_seen.get(s, as_of.isoformat()) for s in segments["segment_id"]],
+        "last_as_of": as_of.isoformat(),
+        "size": segments["size"],
+        "share": segments["share"],
+        **{f"median_{f}": segments[f"median_{f}"] for f in FEATURES},
+    })
+    if previous is None:
+        return current[CATALOGUE_COLUMNS]
+    older = previous[~previous["segment_id"].isin(current["segment_id"])].copy()
+    older.loc[older["segment_id"].isin(retired_ids), "status"] = "retired"
+    catalogue = pd.concat([current, older[CATALOGUE_COLUMNS]], ignore_index=True)
+    catalogue["_n"] = catalogue["segment_id"].map(segment_number)
+    return catalogue.sort_values("_n").drop(columns="_n").reset_index(drop=True)[CATALOGUE_COLUMNS]
+
+
+@dataclass
+class Migration:
+    """Who moved where between the previous published run and this one."""
+
+    customers: pd.DataFrame   # customer_id, previous_segment_id (None for new customers), segment_changed
+    counts: pd.DataFrame      # previous segment x current segment, customers in both runs
+    shares: pd.DataFrame      # the same as row shares
+    summary: dict[str, float]
+
+
+def migrate(previous: pd.DataFrame | None, current: pd.DataFrame) -> Migration:
+    """Compare two assignment tables (``customer_id``, ``segment_id``) customer by customer."""
+    if previous is None:
+        customers = pd.DataFrame({"customer_id": current["customer_id"], "previous_segment_id": None,
+                                  "segment_changed": None})
+        empty = pd.DataFrame()
+        return Migration(customers, empty, empty, {"customers_new": float(len(current))})
+    before = previous[["customer_id", "segment_id"]].rename(columns={"segment_id": "previous_segment_id"})
+    before = before.assign(customer_id=before["customer_id"].astype(str))
+    joined = current[["customer_id", "segment_id"]].assign(customer_id=current["customer_id"].astype(str)).merge(
+        before, on="customer_id", how="left")
+    known = joined["previous_segment_id"].notna()
+    changed = pd.Series(pd.NA, index=joined.index, dtype="boolean")
+    changed[known] = joined.loc[known, "segment_id"] != joined.loc[known, "previous_segment_id"]
+    customers = pd.DataFrame({"customer_id": joined["customer_id"],
+                              "previous_segment_id": joined["previous_segment_id"].where(known, None),
+                              "segment_changed": changed})
+    both = joined[known]
+    counts = pd.crosstab(both["previous_segment_id"], both["segment_id"]).rename_axis(
+        index="previous_segment_id", columns="segment_id")
+    shares = counts.div(counts.sum(axis=1), axis=0)
+    lapsed = (~before["customer_id"].isin(joined["customer_id"])).sum()
+    summary = {
+        "customers_in_both": float(known.sum()),
+        "customers_new": float((~known).sum()),
+        "customers_lapsed": float(lapsed),
+        "customers_changed": float(changed[known].sum()),
+        "changed_share": float(changed[known].mean()) if known.any() else 0.0,
+    }
+    return Migration(customers, counts, shares, summary)
+
+
+def population_stability(previous: pd.Series, current: pd.Series, bins: int = 10) -> float:
+    """Population stability index of ``current`` against ``previous``, on the previous deciles.
+
+    ``PSI = sum over bins of (c - p) * ln(c / p)`` with the bin shares ``p``
+    (previous) and ``c`` (current), floored at 1e-4. Below 0.1 is usually read
+    as stable, above 0.25 as a shift.
+    """
+    edges = np.unique(np.quantile(previous.to_numpy(dtype=float), np.linspace(0, 1, bins + 1)[1:-1]))
+    p = np.bincount(np.searchsorted(edges, previous.to_numpy(dtype=float), side="right"),
+                    minlength=len(edges) + 1) / len(previous)
+    c = np.bincount(np.searchsorted(edges, current.to_numpy(dtype=float), side="right"),
+                    minlength=len(edges) + 1) / len(current)
+    p, c = np.maximum(p, 1e-4), np.maximum(c, 1e-4)
+    return float(((c - p) * np.log(c / p)).sum())
+
+
+def drift(previous: pd.DataFrame | None, current: pd.DataFrame, previous_catalogue: pd.DataFrame | None,
+          segments: pd.DataFrame) -> dict[str, float]:
+    """``psi.<feature>`` per feature and ``share_change.<segment_id>`` per segment, against the previous run."""
+    if previous is None:
+        return {}
+    out = {f"psi.{f}": population_stability(previous[f], current[f]) for f in FEATURES if f in previous}
+    before = (previous_catalogue.set_index("segment_id")["share"]
+              if previous_catalogue is not None else pd.Series(dtype=float))
+    for row in segments.itertuples():
+        out[f"share_change.{row.segment_id}"] = float(row.share - before.get(row.segment_id, 0.0))
+    return out
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    threshold: float
+    value: float
+    passed: bool
+
+    def describe(self) -> str:
+        relation = ">=" if self.gate.startswith("min_") else "<="
+        return f"{self.gate}: {self.value:.4g} (needs {relation} {self.threshold:g})"
+
+
+def evaluate_gates(gates: dict[str, float | None], metrics: dict[str, float]) -> list[GateResult]:
+    """Check every configured gate against the run's metrics.
+
+    ``min_homogeneity`` → ``homogeneity``, ``min_stability`` → ``stability_ari``,
+    ``min_segment_share`` → ``segment_share_min``, ``max_changed_share`` →
+    ``changed_share`` (skipped on a first run), ``max_psi`` → the largest ``psi.*``.
+    """
+    sources = {
+        "min_homogeneity": metrics.get("homogeneity"),
+        "min_stability": metrics.get("stability_ari"),
+        "min_segment_share": metrics.get("segment_share_min"),
+        "max_changed_share": metrics.get("changed_share"),
+        "max_psi": max((v for k, v in metrics.items() if k.startswith("psi.")), default=None),
+    }
+    results = []
+    for gate, threshold in gates.items():
+        value = sources.get(gate)
+        if threshold is None or value is None or not np.isfinite(value):
+            continue
+        passed = value >= threshold if gate.startswith("min_") else value <= threshold
+        results.append(GateResult(gate, float(threshold), float(value), bool(passed)))
+    return results

@@ -1,0 +1,114 @@
+"""Stable segment ids, migration, drift and quality gates, on cases whose answer is known."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segml.config import FEATURES
+from segml.identity import assign_identities, evaluate_gates, migrate, population_stability
+
+AS_OF = dt.date(2024, 1, 1)
+MODEL_FEATURES = ["recency_days", "frequency", "monetary"]
+
+
+def _segments(medians: list[tuple[float, float, float]], names: list[str]) -> pd.DataFrame:
+    rows = []
+    for number, ((r, f, m), name) in enumerate(zip(medians, names)):
+        row = {"segment": number, "segment_id": f"S{number + 1}", "segment_name": name, "size": 100, "share": 0.0}
+        row.update({f"median_{x}": 1.0 for x in FEATURES})
+        row.update(median_recency_days=r, median_frequency=f, median_monetary=m)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["share"] = 1 / len(frame)
+    return frame
+
+
+def _log_space(frame: pd.DataFrame) -> np.ndarray:
+    return np.log1p(frame[MODEL_FEATURES].to_numpy(dtype=float))
+
+
+BASE = _segments([(5, 20, 3000), (400, 1, 40), (200, 8, 700)], ["Champions", "Lost", "At risk"])
+
+
+def test_first_run_numbers_segments_from_s1():
+    identity = assign_identities(BASE, None, MODEL_FEATURES, _log_space, 1.0, AS_OF)
+    assert identity.segments["segment_id"].tolist() == ["S1", "S2", "S3"]
+    assert identity.catalogue["status"].tolist() == ["active"] * 3
+    assert (identity.matching["outcome"] == "new").all()
+
+
+def test_reordered_segments_keep_their_ids_and_names():
+    first = assign_identities(BASE, None, MODEL_FEATURES, _log_space, 1.0, AS_OF)
+    # The next fit numbers the same segments differently and names one of them differently.
+    again = _segments([(210, 8, 690), (6, 19, 3100), (390, 1, 42)], ["Hibernating", "Champions", "Lost"])
+    second = assign_identities(again, first.catalogue, MODEL_FEATURES, _log_space, 1.0, dt.date(2024, 2, 1))
+    assert second.segments["segment_id"].tolist() == ["S3", "S1", "S2"]
+    assert second.segments["segment_name"].tolist() == ["At risk", "Champions", "Lost"]
+    assert (second.matching["outcome"] == "kept").all()
+    s1 = second.catalogue.set_index("segment_id").loc["S1"]
+    assert (s1["first_as_of"], s1["last_as_of"]) == ("2024-01-01", "2024-02-01")
+
+
+def test_a_new_group_gets_a_new_id_and_a_vanished_one_is_retired_never_reused():
+    first = assign_identities(BASE, None, MODEL_FEATURES, _log_space, 1.0, AS_OF)
+    # "At risk" is gone; a wholesale group (daily orders, huge spend) appears.
+    changed = _segments([(5, 20, 3000), (400, 1, 40), (2, 200, 90000)], ["Champions", "Lost", "Champions"])
+    second = assign_identities(changed, first.catalogue, MODEL_FEATURES, _log_space, 1.0, AS_OF)
+    assert second.segments["segment_id"].tolist() == ["S1", "S2", "S4"]
+    assert second.segments["segment_name"].tolist() == ["Champions", "Lost", "Champions (S4)"]
+    catalogue = second.catalogue.set_index("segment_id")
+    assert catalogue.loc["S3", "status"] == "retired" and catalogue.loc["S4", "status"] == "active"
+    assert second.matching.set_index("segment_id")["outcome"].to_dict() == {
+        "S1": "kept", "S2": "kept", "S4": "new", "S3": "retired"}
+    # A later run with another new group does not reuse S3.
+    third_segments = _segments([(5, 20, 3000), (400, 1, 40), (2, 200, 90000), (60, 3, 200)],
+                               ["Champions", "Lost", "Wholesale", "Occasional"])
+    third = assign_identities(third_segments, second.catalogue, MODEL_FEATURES, _log_space, 1.0, AS_OF)
+    assert third.segments["segment_id"].tolist() == ["S1", "S2", "S4", "S5"]
+
+
+def test_migration_counts_known_moves_new_and_lapsed_customers():
+    previous = pd.DataFrame({"customer_id": ["a", "b", "c", "d", "e"], "segment_id": ["S1", "S1", "S2", "S2", "S3"]})
+    current = pd.DataFrame({"customer_id": ["a", "b", "c", "d", "f"], "segment_id": ["S1", "S2", "S2", "S2", "S1"]})
+    migration = migrate(previous, current)
+    assert migration.summary == {"customers_in_both": 4.0, "customers_new": 1.0, "customers_lapsed": 1.0,
+                                 "customers_changed": 1.0, "changed_share": 0.25}
+    assert migration.counts.loc["S1"].to_dict() == {"S1": 1, "S2": 1}
+    assert migration.shares.loc["S2", "S2"] == 1.0
+    by_customer = migration.customers.set_index("customer_id")
+    assert bool(by_customer.loc["b", "segment_changed"]) is True
+    assert pd.isna(by_customer.loc["f", "previous_segment_id"]) and pd.isna(by_customer.loc["f", "segment_changed"])
+
+
+def test_population_stability_is_zero_for_the_same_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(0)
+    before = pd.Series(rng.lognormal(3, 1, 5000))
+    assert population_stability(before, pd.Series(rng.lognormal(3, 1, 5000))) < 0.02
+    assert population_stability(before, pd.Series(rng.lognormal(4, 1, 5000))) > 0.25
+
+
+@pytest.mark.parametrize("gates, passed", [
+    ({"min_homogeneity": 0.5}, {"min_homogeneity": True}),
+    ({"min_homogeneity": 0.9, "max_changed_share": 0.1}, {"min_homogeneity": False, "max_changed_share": False}),
+    ({"min_stability": None, "max_psi": 0.3}, {"max_psi": True}),
+], ids=["pass", "two-fail", "unset-skipped"])
+def test_gates_compare_each_threshold_with_its_metric(gates, passed):
+    metrics = {"homogeneity": 0.7, "stability_ari": 0.9, "changed_share": 0.2, "psi.monetary": 0.1,
+               "psi.frequency": 0.2}
+    results = evaluate_gates(gates, metrics)
+    assert {r.gate: r.passed for r in results} == passed
+
+
+def test_a_failed_gate_describes_its_value_and_threshold():
+    (result,) = evaluate_gates({"min_homogeneity": 0.9}, {"homogeneity": 0.7})
+    assert result.describe() == "min_homogeneity: 0.7 (needs >= 0.9)"
+    (result,) = evaluate_gates({"max_psi": 0.1}, {"psi.monetary": 0.05, "psi.frequency": 0.3})
+    assert not result.passed and result.describe() == "max_psi: 0.3 (needs <= 0.1)"
+
+
+def test_changed_share_gate_is_skipped_on_a_first_run():
+    assert evaluate_gates({"max_changed_share": 0.1}, {"homogeneity": 0.7}) == []

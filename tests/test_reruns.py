@@ -1,0 +1,98 @@
+"""Scheduled reruns a CRM can trust: stable ids, migration and quality gates, through the real flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import write_flow_config
+from pipelines.segment import segment_customers
+from segml.config import load_config
+from segml.errors import QualityGateError
+from segml.outputs import write_csv
+from segml.sample import GROUPS, Group, generate_purchases
+
+
+def _set(config_path, **sections):
+    raw = yaml.safe_load(config_path.read_text())
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _client(config_path):
+    uri = load_config(config_path).tracking.uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_a_refit_with_another_seed_on_shuffled_rows_keeps_every_id_and_moves_nobody(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path)
+    first = segment_customers(str(config_path))
+    data_path = load_config(config_path).data.path
+    lines = pd.read_csv(data_path, dtype=str)
+    write_csv(lines.sample(frac=1.0, random_state=3), Path(data_path))
+    _set(config_path, model={"random_state": 12345})
+    second = segment_customers(str(config_path))
+
+    ids = lambda summary: {(s["segment_id"], s["segment_name"], s["size"]) for s in summary["segments"]}  # noqa: E731
+    assert ids(second) == ids(first)
+    assert second["migration"]["customers_changed"] == 0 and second["migration"]["customers_in_both"] == 600
+    table = pd.read_csv(second["assignments"], dtype={"customer_id": str})
+    assert not table["segment_changed"].any()
+    assert (table["previous_segment_id"] == table["segment_id"]).all()
+    alias = _client(config_path).get_model_version_by_alias("segml-sample", "champion")
+    assert int(alias.version) == second["model_version"] == 2
+
+
+def test_a_known_group_changing_behaviour_is_exactly_the_migration_found(prefect_harness, tmp_path):
+    groups = {**GROUPS, "wholesale": Group(0.0, (1, 4), (60, 90), (300, 600), 4000.0)}
+    before = ["champions"] * 100 + ["new"] * 100 + ["at_risk"] * 100 + ["lost"] * 100 + ["big_spenders"] * 100
+    after = ["at_risk"] * 40 + before[40:] + ["wholesale"] * 100   # 40 champions lapse; wholesale buyers arrive
+    config_path = write_flow_config(tmp_path, model={"n_clusters": 5})
+    data_path = Path(load_config(config_path).data.path)
+    write_csv(generate_purchases(groups=groups, group_of_customer=before, seed=1)[0], data_path)
+    first = segment_customers(str(config_path))
+
+    def segment_of(summary, customer_index):
+        table = pd.read_csv(summary["assignments"], dtype={"customer_id": str}).set_index("customer_id")
+        return table.loc[str(10001 + customer_index), "segment_id"]
+
+    champions, at_risk = segment_of(first, 0), segment_of(first, 200)   # read before the rerun replaces them
+    write_csv(generate_purchases(groups=groups, group_of_customer=after, seed=2)[0], data_path)
+    _set(config_path, model={"n_clusters": 6})
+    second = segment_customers(str(config_path))
+    old_ids = {s["segment_id"] for s in first["segments"]}
+    new_ids = {s["segment_id"] for s in second["segments"]}
+    assert old_ids < new_ids and new_ids - old_ids == {"S6"}
+    assert segment_of(second, 550) == "S6"                          # a wholesale buyer
+    assert second["migration"] == {"customers_in_both": 500.0, "customers_new": 100.0, "customers_lapsed": 0.0,
+                                   "customers_changed": 40.0, "changed_share": 0.08}
+    counts = pd.read_csv(Path(second["output_dir"]) / "migration_counts.csv").set_index(
+        "previous_segment_id")
+    moved = {(p, c): n for p, row in counts.iterrows() for c, n in row.items() if p != c and n}
+    assert moved == {(champions, at_risk): 40}
+
+
+def test_a_failed_gate_fails_the_flow_keeps_the_champion_and_publishes_nothing(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path)
+    first = segment_customers(str(config_path))
+    published = {p: p.read_bytes() for p in Path(first["output_dir"]).rglob("*") if p.is_file()}
+
+    _set(config_path, gates={"min_homogeneity": 0.99, "min_segment_share": 0.01}, model={"random_state": 5})
+    state = segment_customers(str(config_path), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(QualityGateError, match=r"1 quality gate failed: min_homogeneity: 0\.\d+ \(needs >= 0\.99\)"):
+        state.result()
+
+    client = _client(config_path)
+    assert int(client.get_model_version_by_alias("segml-sample", "champion").version) == first["model_version"]
+    runs = client.search_runs([client.get_experiment_by_name("sample").experiment_id],
+                              filter_string="tags.segml.failed_gates LIKE '%min_homogeneity%'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.metrics["gates_passed"] == 0.0 and runs[0].data.metrics["gate.min_segment_share"] == 1.0
+    assert {p: p.read_bytes() for p in published} == published
+    assert {p for p in Path(first["output_dir"]).rglob("*") if p.is_file()} == set(published)
