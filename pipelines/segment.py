@@ -233,6 +233,25 @@ def publish_files(staging: Path, destination: Path) -> dict[str, Path]:
     return publish_folder(staging, destination)
 
 
+def resolve_as_of(as_of: dt.date | None, config: SegmlConfig) -> dt.date | None:
+    """The as-of date of a flow run.
+
+    An explicit ``as_of`` wins. A run created by a deployment's schedule takes
+    the date of its *scheduled* time in the schedule's timezone, so a late or
+    re-run schedule computes exactly what the on-time run would have. Otherwise
+    ``window.as_of`` from the configuration (or its default) applies.
+    """
+    if as_of is not None:
+        return as_of
+    from prefect.runtime import deployment, flow_run
+
+    if deployment.id and flow_run.scheduled_start_time:
+        scheduled = pd.Timestamp(flow_run.scheduled_start_time)
+        scheduled = scheduled.tz_localize("UTC") if scheduled.tzinfo is None else scheduled
+        return scheduled.tz_convert(config.schedule.timezone).date()
+    return None
+
+
 def _without_password(uri: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", uri)
 
@@ -255,6 +274,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
     logger = get_run_logger()
     config_path = Path(config)
     cfg = load_config(config_path)
+    as_of = resolve_as_of(as_of, cfg)
     handle = tracking.start_run(cfg, run_name=f"{cfg.name} as of {as_of or cfg.window.as_of or 'latest'}")
     try:
         purchases = load_purchases(cfg, as_of, str(config_path))

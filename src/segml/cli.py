@@ -81,19 +81,28 @@ class _NoTracebackForKnownErrors(logging.Filter):
         return True
 
 
-def run_flow(config: Path, as_of: dt.date | None, debug: bool = False) -> dict:
-    """Run the segmentation flow on CONFIG; returns its summary."""
+def _prepare(config: Path, debug: bool) -> None:
+    """Check the configuration, then set up Prefect's logging for the command line."""
     _quiet_defaults()
     load_config(config)  # fail fast, before starting Prefect, on a bad configuration
     from prefect.logging.configuration import setup_logging
-
-    from pipelines.segment import segment_customers
 
     if not debug:
         setup_logging()
         for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root logger
             handler.addFilter(_NoTracebackForKnownErrors())
-    return segment_customers(str(config), as_of)
+
+
+def _run_pipeline(module: str, name: str, config: Path, as_of: dt.date | None, debug: bool) -> dict:
+    import importlib
+
+    _prepare(config, debug)
+    return getattr(importlib.import_module(module), name)(str(config), as_of)
+
+
+def run_flow(config: Path, as_of: dt.date | None, debug: bool = False) -> dict:
+    """Run the segmentation flow on CONFIG; returns its summary."""
+    return _run_pipeline("pipelines.segment", "segment_customers", config, as_of, debug)
 
 
 @app.command()
@@ -104,6 +113,54 @@ def run(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> No
     except Exception as exc:  # noqa: BLE001 - every error ends the command with one message
         _fail(exc, debug)
     _print_summary(summary)
+
+
+@app.command()
+def score(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> None:
+    """Assign every current customer to the champion's segments, without refitting."""
+    try:
+        summary = _run_pipeline("pipelines.score", "score_customers", config, as_of.date() if as_of else None, debug)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    table = Table(title=f"{summary['customers']:,} customers scored as of {summary['as_of']} "
+                        f"with model version {summary['model_version']}")
+    for column in ("id", "name", "customers"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for row in summary["segment_counts"]:
+        table.add_row(row["segment_id"], row["segment_name"], f"{row['customers']:,}")
+    out.print(table)
+    out.print(f"{summary['customers_new']:,} customers were not in the published segmentation.")
+    out.print(f"Results are in {summary['output_dir']}")
+
+
+@app.command()
+def backfill(
+    config: ConfigArg,
+    start: Annotated[dt.datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="First as-of date.")],
+    end: Annotated[dt.datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="Last as-of date (inclusive).")],
+    every: Annotated[str, typer.Option(help="Step: day, week, month, or a count such as 7d, 2w, 3m.")] = "month",
+    debug: DebugOpt = False,
+) -> None:
+    """Run the segmentation for every as-of date from --from to --to, in order, building the id history."""
+    try:
+        from pipelines.backfill import as_of_dates
+
+        as_of_dates(start.date(), end.date(), every)  # a bad period fails before any flow starts
+        _prepare(config, debug)
+        from pipelines.backfill import backfill as backfill_flow
+
+        results = backfill_flow(str(config), start.date(), end.date(), every)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    table = Table(title=f"Backfill of {len(results)} as-of dates")
+    for column in ("as of", "segments", "homogeneity", "changed segment", "new", "output"):
+        table.add_column(column)
+    for r in results:
+        moved = r["migration"]
+        table.add_row(r["as_of"], str(r["n_segments"]), f"{r['homogeneity']:.2f}",
+                      f"{moved.get('changed_share', 0):.1%}" if "changed_share" in moved else "first run",
+                      f"{moved.get('customers_new', 0):,.0f}", r["output_dir"])
+    out.print(table)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,30 +169,36 @@ def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names
     pyfunc = SegmentPyfunc(model, names)
     example = example[model.features].head(5)
     signature = infer_signature(example, pyfunc.predict(None, example))
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(handle.uri)
-    try:
-        with mlflow.start_run(run_id=handle.run_id, nested=mlflow.active_run() is not None):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=pyfunc,
-                signature=signature,
-                input_example=example,
-                registered_model_name=config.registered_model_name,
-                pip_requirements=_requirements(),
-                code_paths=[str(Path(segml.__file__).parent)],
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with _using(handle.uri), mlflow.start_run(run_id=handle.run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc,
+            signature=signature,
+            input_example=example,
+            registered_model_name=config.registered_model_name,
+            pip_requirements=_requirements(),
+            code_paths=[str(Path(segml.__file__).parent)],
+        )
     return info.model_uri, int(info.registered_model_version)
 
 
-def load_model(model_uri: str, uri: str | None = None):
-    """Load a logged segmentation model as a pyfunc."""
-    if uri:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-    return mlflow.pyfunc.load_model(model_uri)
+@contextmanager
+def _using(uri: str):
+    """MLflow's process-wide tracking and registry URIs set to ``uri`` for the block, then restored."""
+    tracking_before, registry_before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_before)
+        mlflow.set_registry_uri(registry_before)
+
+
+def load_model(model_uri: str, uri: str):
+    """Load a logged segmentation model as a pyfunc from the store at ``uri``."""
+    with _using(uri):
+        return mlflow.pyfunc.load_model(model_uri)
 
 
 CHAMPION = "champion"

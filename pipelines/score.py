@@ -1,0 +1,103 @@
+"""Scoring without refitting: current customers assigned to the champion's segments.
+
+Between refits, the scoring flow computes features for the current purchases
+and assigns every customer, new ones included, with the registered model
+version aliased ``champion``, so ids and names are the published ones. Each
+scoring run is recorded in the MLflow experiment ``<experiment>-scores`` and
+its files go to ``<output.dir>/<name>/scores/<as-of date>/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.segment import CRM_COLUMNS, _transient, load_purchases, publish_files, resolve_as_of
+from segml import tracking
+from segml.config import SegmlConfig, load_config
+from segml.errors import SegmlError
+from segml.identity import migrate
+from segml.outputs import write_results
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def load_champion_model(config: SegmlConfig) -> tuple[Any, tracking.Published]:
+    """The champion pyfunc model and its published segmentation."""
+    published = tracking.load_champion(config)
+    if published is None:
+        raise SegmlError(
+            f"no published segmentation for {config.registered_model_name!r} at "
+            f"{tracking.tracking_uri(config)}: run `segml run` on this configuration first"
+        )
+    model = tracking.load_model(f"models:/{config.registered_model_name}@{tracking.CHAMPION}",
+                                tracking.tracking_uri(config))
+    get_run_logger().info("scoring with %r version %d (published as of %s)", config.registered_model_name,
+                          published.version, published.as_of)
+    return model, published
+
+
+@task(cache_policy=NO_CACHE)
+def assign_customers(model: Any, published: tracking.Published, features: pd.DataFrame, as_of: dt.date,
+                     run_id: str) -> pd.DataFrame:
+    """Every customer's champion segment, with the previous published segment beside it."""
+    columns = model.metadata.get_input_schema().input_names()
+    features = features.sort_index()
+    scored = model.predict(features[columns].reset_index(drop=True))
+    table = features.reset_index()
+    for column in ("segment_id", "segment_name", "segment_probability"):
+        table[column] = scored[column].to_numpy()
+    table["as_of"] = as_of
+    table = table.merge(migrate(published.assignments, table).customers, on="customer_id", how="left")
+    table["run_id"] = run_id
+    table["model_version"] = published.version
+    return table[CRM_COLUMNS]
+
+
+@flow(name="score-customers", log_prints=False)
+def score_customers(config: str | Path, as_of: dt.date | None = None) -> dict[str, Any]:
+    """Assign every customer of the current purchases to the champion's segments, without fitting."""
+    logger = get_run_logger()
+    config_path = Path(config)
+    cfg = load_config(config_path)
+    as_of = resolve_as_of(as_of, cfg)
+    model, published = load_champion_model(cfg)
+    scores_cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"experiment": f"{cfg.experiment_name}-scores"})})
+    handle = tracking.start_run(scores_cfg, run_name=f"score {cfg.name} as of {as_of or 'latest'}")
+    try:
+        purchases = load_purchases(cfg, as_of, str(config_path))
+        table = assign_customers(model, published, purchases.features, purchases.report.as_of, handle.run_id)
+        known = table["previous_segment_id"].notna()
+        shares = table["segment_id"].value_counts(normalize=True)
+        r = purchases.report
+        metrics = {"customers": len(table), "customers_new": int((~known).sum()),
+                   "customers_changed": int(table.loc[known, "segment_changed"].sum()),
+                   "rows_read": r.rows_read, "rows_used": r.rows_used, "rows_rejected": r.rows_rejected,
+                   "rows_outside_window": r.rows_outside_window,
+                   **{f"share.{s}": v for s, v in shares.items()}}
+        tracking.log_params_and_metrics(handle, {"as_of": r.as_of.isoformat(), "model_version": str(published.version),
+                                                 "input_fingerprint": purchases.fingerprint},
+                                        {k: float(v) for k, v in metrics.items()})
+        counts = (table.groupby(["segment_id", "segment_name"]).size().rename("customers").reset_index())
+        destination = Path(cfg.output.dir) / cfg.name / "scores" / r.as_of.isoformat()
+        with tempfile.TemporaryDirectory(prefix="segml-score-") as tmp:
+            write_results(Path(tmp), table, {"segment_counts": counts, "contract": r.as_frame(),
+                                             "rejected_lines": purchases.rejected})
+            tracking.log_artifacts(handle, Path(tmp))
+            publish_files(Path(tmp), destination)
+    except BaseException as exc:
+        tracking.end_run(handle, exc)
+        raise
+    tracking.end_run(handle)
+    logger.info("%d customers scored (%d new) with model version %d; files in %s", len(table),
+                metrics["customers_new"], published.version, destination)
+    return {"run_id": handle.run_id, "model_version": published.version, "as_of": r.as_of.isoformat(),
+            "customers": len(table), "customers_new": metrics["customers_new"],
+            "output_dir": str(destination), "assignments": str(destination / "assignments.csv"),
+            "segment_counts": counts.to_dict(orient="records")}

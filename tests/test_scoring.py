@@ -1,0 +1,89 @@
+"""Scoring without refitting, and backfills, through the real flows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, write_flow_config
+from pipelines.backfill import as_of_dates, backfill
+from pipelines.score import score_customers
+from pipelines.segment import CRM_COLUMNS, segment_customers
+from segml.config import load_config
+from segml.errors import ConfigError, SegmlError
+from segml.outputs import write_csv
+from segml.sample import generate_purchases
+
+
+def test_scoring_assigns_known_customers_like_the_champion_and_new_ones_in_its_ids(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path)
+    refit = segment_customers(str(config_path))
+    data_path = Path(load_config(config_path).data.path)
+    newcomers, _ = generate_purchases(n_customers=60, seed=9, messy=False)
+    newcomers["customer_id"] = "N" + newcomers["customer_id"]
+    write_csv(pd.concat([pd.read_csv(data_path, dtype=str), newcomers.astype(str)]), data_path)
+
+    scored = score_customers(str(config_path))
+    table = pd.read_csv(scored["assignments"], dtype={"customer_id": str}).set_index("customer_id")
+    champion = pd.read_csv(refit["assignments"], dtype={"customer_id": str}).set_index("customer_id")
+    assert table.reset_index().columns.tolist() == CRM_COLUMNS
+    assert scored["customers"] == 660 and scored["customers_new"] == 60
+    pd.testing.assert_series_equal(table.loc[champion.index, "segment_id"], champion["segment_id"])
+    pd.testing.assert_series_equal(table.loc[champion.index, "segment_name"], champion["segment_name"])
+    new = table[table.index.str.startswith("N")]
+    assert set(new["segment_id"]) <= set(champion["segment_id"]) and new["previous_segment_id"].isna().all()
+    assert (table["model_version"] == refit["model_version"]).all()
+    assert Path(scored["output_dir"]) == Path(load_config(config_path).output.dir) / "sample" / "scores" / "2024-01-01"
+
+
+def test_scoring_before_any_refit_says_what_to_do(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path)
+    with pytest.raises(SegmlError, match="no published segmentation for 'segml-sample'.*run `segml run`"):
+        score_customers(str(config_path))
+
+
+@pytest.mark.parametrize("every, expected", [
+    ("month", ["2011-01-31", "2011-02-28", "2011-03-31"]),
+    ("2w", ["2011-01-31", "2011-02-14", "2011-02-28", "2011-03-14", "2011-03-28"]),
+    ("30d", ["2011-01-31", "2011-03-02"]),
+])
+def test_as_of_dates_step_through_the_range(every, expected):
+    dates = as_of_dates(dt.date(2011, 1, 31), dt.date(2011, 3, 31), every)
+    assert [d.isoformat() for d in dates] == expected
+
+
+@pytest.mark.parametrize("every, end, match", [
+    ("fortnight", dt.date(2011, 3, 1), "is not a period"),
+    ("month", dt.date(2010, 1, 1), "is before --from"),
+    ("0d", dt.date(2011, 3, 1), "at least one"),
+])
+def test_bad_backfill_ranges_are_refused(every, end, match):
+    with pytest.raises(ConfigError, match=match):
+        as_of_dates(dt.date(2011, 1, 31), end, every)
+
+
+@pytest.mark.slow
+def test_monthly_backfill_on_online_retail_gives_a_migration_table_per_step(prefect_harness, online_retail_path,
+                                                                            tmp_path):
+    raw = yaml.safe_load((REPO / "configs" / "online_retail.yaml").read_text())
+    raw["data"]["path"] = str(online_retail_path)
+    raw["output"] = {"dir": str(tmp_path / "outputs")}
+    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_location": str(tmp_path / "art")}
+    raw["quality"] = {"stability_resamples": 3}
+    config_path = tmp_path / "online_retail.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    results = backfill(str(config_path), dt.date(2011, 3, 1), dt.date(2011, 6, 1), "month")
+    assert [r["as_of"] for r in results] == ["2011-03-01", "2011-04-01", "2011-05-01", "2011-06-01"]
+    assert all(r["promoted"] for r in results)
+    for previous, step in zip(results, results[1:]):
+        counts = pd.read_csv(Path(step["output_dir"]) / "migration_counts.csv")
+        assert counts.drop(columns="previous_segment_id").to_numpy().sum() == step["migration"]["customers_in_both"]
+        assert step["migration"]["customers_in_both"] > 0.8 * previous["customers"]
+        # Ids carry over: most of a step's segments keep an id of the step before.
+        kept = {s["segment_id"] for s in step["segments"]} & {s["segment_id"] for s in previous["segments"]}
+        assert len(kept) >= min(len(step["segments"]), len(previous["segments"])) - 1
+    assert not (Path(results[0]["output_dir"]) / "migration_counts.csv").exists()
