@@ -85,3 +85,20 @@ def test_bad_as_of_date_is_refused(segml_cli):
     result = segml_cli("run", "x.yaml", "--as-of", "01/02/2024")
     assert result.returncode == 2
     assert "--as-of" in result.stderr
+
+
+def test_score_after_demo_uses_the_champion(segml_cli, tmp_path):
+    assert segml_cli("demo", "--dir", str(tmp_path), "--customers", "300").returncode == 0
+    result = segml_cli("score", str(tmp_path / "segml.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "300 customers scored as of 2024-01-01 with model version 1" in result.stdout
+    scores = pd.read_csv(tmp_path / "outputs" / "sample" / "scores" / "2024-01-01" / "assignments.csv")
+    refit = pd.read_csv(tmp_path / "outputs" / "sample" / "2024-01-01" / "assignments.csv")
+    assert scores["segment_id"].tolist() == refit["segment_id"].tolist()
+
+
+def test_backfill_refuses_a_bad_period_before_starting(segml_cli, tmp_path):
+    config = write_sample(tmp_path, n_customers=100)
+    result = segml_cli("backfill", str(config), "--from", "2023-01-01", "--to", "2023-03-01", "--every", "fortnight")
+    assert result.returncode == 1
+    assert "--every 'fortnight' is not a period" in result.stderr and "flow run" not in result.stderr.lower()
