@@ -25,11 +25,12 @@ import segml
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
+from segml.contract import CRM_COLUMNS
 from segml.errors import QualityGateError, SegmlError
 from segml.identity import Identity, Migration, assign_identities, drift, evaluate_gates, migrate
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
-from segml.outputs import publish_folder, stage_files
+from segml.outputs import publish_folder, stage_files, write_csv
 from segml.plots import plot_migration, segmentation_figures
 from segml.segmentation import (
     Purchases,
@@ -53,10 +54,6 @@ def _transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry
     return False
 
 
-#: The assignment table CRM teams import, in column order.
-CRM_COLUMNS = ["customer_id", "segment_id", "segment_name", "segment_probability", "recency_days", "frequency",
-               "monetary", "tenure_days", "avg_order_value", "previous_segment_id", "segment_changed", "as_of",
-               "run_id", "model_version"]
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
@@ -213,7 +210,16 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
     if not migration.counts.empty:
         tables["migration_counts"] = migration.counts.reset_index()
         tables["migration_shares"] = migration.shares.reset_index()
+    if config.publish.changes_file:
+        changes = assignments[assignments["segment_changed"].fillna(True).astype(bool)]
+        tables["changes"] = changes
     written = stage_files(staging, assignments, tables, figures, pages)
+    if config.publish.column_map:
+        # The same tables under the CRM's import field names.
+        renamed = {"assignments": assignments, **({"changes": tables["changes"]} if "changes" in tables else {})}
+        for stem, frame in renamed.items():
+            written[f"crm_{stem}"] = write_csv(frame.rename(columns=config.publish.column_map),
+                                               staging / "crm" / f"{stem}.csv")
     config_dir = staging / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     if config_path is not None:
@@ -250,6 +256,28 @@ def resolve_as_of(as_of: dt.date | None, config: SegmlConfig) -> dt.date | None:
         scheduled = scheduled.tz_localize("UTC") if scheduled.tzinfo is None else scheduled
         return scheduled.tz_convert(config.schedule.timezone).date()
     return None
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def publish_database(config: SegmlConfig, as_of: dt.date, assignments: pd.DataFrame, identity: Identity,
+                     run_id: str, version: int) -> str:
+    """Publish the assignments and the catalogue to the CRM database in one transaction."""
+    import os
+
+    from segml.config import publish_url
+    from segml.publish import create_engine, publish_assignments
+
+    url = publish_url(config, dict(os.environ))
+    engine = create_engine(url)
+    try:
+        descriptions = identity.segments.set_index("segment_id")["description"]
+        catalogue = identity.catalogue.assign(description=identity.catalogue["segment_id"].map(descriptions))
+        rows = publish_assignments(engine, config.name, as_of, assignments, catalogue, run_id, version)
+    finally:
+        engine.dispose()
+    safe = _without_password(url)
+    get_run_logger().info("published %d assignments to %s", rows, safe)
+    return safe
 
 
 def _without_password(uri: str) -> str:
@@ -310,6 +338,8 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
                     "change the gates in the configuration or look into the data.")
             tracking.promote(handle, cfg, version)
             publish_files(staging, destination)
+            database = (publish_database(cfg, purchases.report.as_of, assignments, identity, handle.run_id, version)
+                        if cfg.publish.database else None)
     except BaseException as exc:
         tracking.end_run(handle, exc)
         raise
@@ -343,6 +373,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
         "gates": {g.gate: g.passed for g in gates},
         "migration": migration.summary,
         "output_dir": str(destination),
+        "database": database,
         "assignments": str(destination / "assignments.csv"),
         "report": str(destination / "segment_report.pdf"),
         "segments": segments[["segment_id", "segment_name", "size", "share", "revenue_share", "homogeneity",

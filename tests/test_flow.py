@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import write_flow_config
+from segml import tracking
 from pipelines.segment import CRM_COLUMNS, segment_customers
 from segml.config import load_config
 from segml.segmentation import prepare_purchases
@@ -25,7 +26,8 @@ PLOTS = ["segment_sizes", "snake_plot", "feature_distributions", "projection_2d"
 @pytest.fixture(scope="module")
 def flow_run(prefect_harness, tmp_path_factory):
     folder = tmp_path_factory.mktemp("flow")
-    config_path = write_flow_config(folder)
+    config_path = write_flow_config(folder, publish={"column_map": {"customer_id": "Contact ID",
+                                                                    "segment_name": "Segment"}})
     summary = segment_customers(str(config_path))
     config = load_config(config_path)
     return summary, config, config_path, MlflowClient(tracking_uri=config.tracking.uri,
@@ -82,8 +84,7 @@ def test_registered_model_reproduces_the_logged_assignments(flow_run):
     assert version.run_id == summary["run_id"]
     logged = pd.read_parquet(mlflow.artifacts.download_artifacts(
         run_id=summary["run_id"], artifact_path="assignments.parquet", tracking_uri=config.tracking.uri))
-    mlflow.set_tracking_uri(config.tracking.uri)
-    model = mlflow.pyfunc.load_model(f"models:/segml-sample/{summary['model_version']}")
+    model = tracking.load_model(f"models:/segml-sample/{summary['model_version']}", config.tracking.uri)
     scored = model.predict(logged[["recency_days", "frequency", "monetary"]])
     pd.testing.assert_frame_equal(scored, logged[["segment_id", "segment_name", "segment_probability"]],
                                   check_dtype=False)
@@ -138,3 +139,21 @@ def test_gaussian_mixture_run_logs_bic_and_probabilities(prefect_harness, tmp_pa
     assert table["segment_probability"].between(0, 1).all() and table["segment_probability"].lt(1).any()
     features = prepare_purchases(config, as_of=dt.date(2023, 12, 1)).features
     assert len(table) == len(features)
+
+
+def test_promoted_run_is_published_to_the_database_and_as_crm_files(flow_run):
+    from segml.publish import create_engine, read_current
+
+    summary, config, _, _ = flow_run
+    assert summary["database"] == f"sqlite:///{Path(config.output.dir) / 'segml.db'}"
+    engine = create_engine(summary["database"])
+    current = read_current(engine, "sample")
+    engine.dispose()
+    table = pd.read_csv(summary["assignments"], dtype={"customer_id": str})
+    assert current["customer_id"].tolist() == sorted(table["customer_id"])
+    assert set(current["run_id"]) == {summary["run_id"]}
+    folder = Path(summary["output_dir"])
+    changes = pd.read_csv(folder / "changes.csv")
+    assert len(changes) == 600  # a first run: every customer is new to the CRM
+    crm = pd.read_csv(folder / "crm" / "assignments.csv", nrows=1)
+    assert crm.columns[:3].tolist() == ["Contact ID", "segment_id", "Segment"]

@@ -17,6 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, write_flow_config
+from segml import tracking
 from pipelines.segment import segment_customers
 
 
@@ -67,8 +68,7 @@ def test_a_whole_run_is_logged_to_a_tracking_server_over_http(prefect_harness, m
     assert {"assignments.parquet", "segment_report.pdf", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     logged = pd.read_parquet(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="assignments.parquet", tracking_uri=mlflow_server))
-    mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pyfunc.load_model(f"models:/segml-sample/{summary['model_version']}")
+    model = tracking.load_model(f"models:/segml-sample/{summary['model_version']}", mlflow_server)
     scored = model.predict(logged[["recency_days", "frequency", "monetary"]])
     pd.testing.assert_frame_equal(scored, logged[["segment_id", "segment_name", "segment_probability"]],
                                   check_dtype=False)

@@ -164,6 +164,40 @@ def backfill(
 
 
 @app.command()
+def target(
+    config: ConfigArg,
+    output: Annotated[Path, typer.Option("--out", help="CSV file to write the list to.")],
+    segment: Annotated[list[str] | None, typer.Option("--segment", help="Segment id or name; repeat for several.")] = None,
+    where: Annotated[list[str] | None, typer.Option(
+        "--where", help="A condition such as 'recency_days between 60 and 180 and monetary > 200'; "
+                        "repeat to add more (all must hold).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a campaign list: current customers of the chosen segments that meet every condition."""
+    from segml.config import publish_url
+    from segml.outputs import write_csv
+    from segml.publish import create_engine
+    from segml.targeting import parse_condition, select_customers
+
+    try:
+        cfg = load_config(config)
+        for condition in where or []:
+            parse_condition(condition)  # every condition is checked before the database is touched
+        engine = create_engine(publish_url(cfg, dict(os.environ)))
+        try:
+            selected = select_customers(engine, cfg.name, list(segment or []), list(where or []))
+        finally:
+            engine.dispose()
+        if selected.empty and not segment and not where:
+            raise SegmlError(f"nothing is published for {cfg.name!r} yet: run `segml run {config}` first")
+        columns = [c for c in selected.columns if c not in ("segmentation", "published_at")]
+        write_csv(selected[columns].rename(columns=cfg.publish.column_map), output)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    out.print(f"{len(selected):,} customers written to {output}")
+
+
+@app.command()
 def validate(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> None:
     """Check CONFIG and its source (columns, data contract, features) without fitting."""
     from segml.segmentation import prepare_purchases

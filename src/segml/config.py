@@ -10,12 +10,14 @@ configuration means the same thing whatever the working directory.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segml.contract import CRM_COLUMNS
 from segml.errors import ConfigError
 
 Feature = Literal["recency_days", "frequency", "monetary", "tenure_days", "avg_order_value"]
@@ -240,6 +242,39 @@ class ScheduleConfig(_Strict):
     timezone: str = "UTC"
 
 
+class PublishConfig(_Strict):
+    """Where promoted assignments are published for the CRM.
+
+    The database URL comes from the environment variable named by ``url_env``
+    when it is set, else from ``url`` (which must not hold a password), else a
+    SQLite file ``segml.db`` in ``output.dir``.
+    """
+
+    database: bool = True
+    url_env: str = Field("SEGML_PUBLISH_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    url: str | None = None
+    changes_file: bool = True
+    column_map: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"://[^/@]*:[^/@]*@", value):
+            raise ValueError("holds a password; configuration files get committed, so put the whole URL in the "
+                             "environment variable named by publish.url_env instead")
+        return value
+
+    @field_validator("column_map")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CRM_COLUMNS))
+        if unknown:
+            raise ValueError(f"maps unknown columns {unknown}; the assignment columns are {CRM_COLUMNS}")
+        if len(set(value.values())) != len(value):
+            raise ValueError("gives two columns the same CRM name")
+        return value
+
+
 class SegmlConfig(_Strict):
     """A whole segml configuration."""
 
@@ -256,6 +291,7 @@ class SegmlConfig(_Strict):
     identity: IdentityConfig = IdentityConfig()
     gates: GatesConfig = GatesConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    publish: PublishConfig = PublishConfig()
 
     @model_validator(mode="after")
     def _stability_gate_needs_resamples(self) -> SegmlConfig:
@@ -362,4 +398,17 @@ def load_config(path: str | Path) -> SegmlConfig:
         tracking = tracking.model_copy(update={"uri": "sqlite:///" + _resolve(tracking.uri[len("sqlite:///"):], base)})
     if tracking.artifact_location and "://" not in tracking.artifact_location:
         tracking = tracking.model_copy(update={"artifact_location": _resolve(tracking.artifact_location, base)})
-    return config.model_copy(update={"data": data, "output": output, "tracking": tracking})
+    publish = config.publish
+    if publish.url and publish.url.startswith("sqlite:///") and not publish.url.startswith("sqlite:////"):
+        publish = publish.model_copy(update={"url": "sqlite:///" + _resolve(publish.url[len("sqlite:///"):], base)})
+    return config.model_copy(update={"data": data, "output": output, "tracking": tracking, "publish": publish})
+
+
+def publish_url(config: SegmlConfig, environ: dict[str, str]) -> str:
+    """The publishing database URL: the environment variable, else ``publish.url``, else SQLite in ``output.dir``."""
+    from_env = environ.get(config.publish.url_env)
+    if from_env:
+        return from_env
+    if config.publish.url:
+        return config.publish.url
+    return f"sqlite:///{Path(config.output.dir) / 'segml.db'}"

@@ -184,15 +184,30 @@ def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names
 
 @contextmanager
 def _using(uri: str):
-    """MLflow's process-wide tracking and registry URIs set to ``uri`` for the block, then restored."""
-    tracking_before, registry_before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    """MLflow's process-wide tracking and registry URIs set to ``uri`` for the block, then restored exactly.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` (and the
+    registry likewise), and restoring through the public setters would pin the
+    defaults; the module state and the environment are therefore put back as
+    they were, so one run's store never leaks into the next.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(tracking_before)
-        mlflow.set_registry_uri(registry_before)
+        mlflow.set_tracking_uri(saved_tracking)
+        registry_utils._registry_uri = saved_registry
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def load_model(model_uri: str, uri: str):

@@ -1,0 +1,216 @@
+"""Publishing assignments to a database the CRM reads: SQLite by default, PostgreSQL in production.
+
+Tables (created on first use; ``segml_schema`` records the schema version so
+later releases can migrate):
+
+- ``segml_assignments``: one row per customer per published as-of date per
+  segmentation (primary key ``segmentation, as_of, customer_id``);
+- ``segml_segments``: the segment catalogue per segmentation (id, name,
+  description, first and last published as-of date, retired);
+- ``segml_publications``: one row per published as-of date (run, model version, rows, time);
+- ``segml_current_assignments`` (a view): the rows of each segmentation's latest published as-of date.
+
+A publication is one transaction: it replaces the rows of its as-of date (a
+rerun never duplicates them) and either all of it lands or none of it does.
+Publications of one segmentation are serialised (a PostgreSQL advisory lock;
+SQLite's write lock), so of two at once one wins cleanly; different
+segmentations touch different rows. PostgreSQL is loaded with ``COPY``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from collections.abc import Callable
+
+import pandas as pd
+import sqlalchemy as sa
+
+from segml.errors import SegmlError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CHUNK_ROWS = 50_000
+
+metadata = sa.MetaData()
+
+schema_table = sa.Table(
+    "segml_schema", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+assignments_table = sa.Table(
+    "segml_assignments", metadata,
+    sa.Column("segmentation", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("customer_id", sa.String(200), primary_key=True),
+    sa.Column("segment_id", sa.String(20), nullable=False),
+    sa.Column("segment_name", sa.String(200), nullable=False),
+    sa.Column("segment_probability", sa.Float, nullable=False),
+    sa.Column("recency_days", sa.Integer, nullable=False),
+    sa.Column("frequency", sa.Integer, nullable=False),
+    sa.Column("monetary", sa.Float, nullable=False),
+    sa.Column("tenure_days", sa.Integer, nullable=False),
+    sa.Column("avg_order_value", sa.Float, nullable=False),
+    sa.Column("previous_segment_id", sa.String(20)),
+    sa.Column("segment_changed", sa.Boolean),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+segments_table = sa.Table(
+    "segml_segments", metadata,
+    sa.Column("segmentation", sa.String(200), primary_key=True),
+    sa.Column("segment_id", sa.String(20), primary_key=True),
+    sa.Column("segment_name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("first_as_of", sa.Date, nullable=False),
+    sa.Column("last_as_of", sa.Date, nullable=False),
+    sa.Column("retired", sa.Boolean, nullable=False),
+)
+
+publications_table = sa.Table(
+    "segml_publications", metadata,
+    sa.Column("segmentation", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+CURRENT_VIEW = "segml_current_assignments"
+_CURRENT_VIEW_SQL = f"""
+CREATE VIEW {CURRENT_VIEW} AS
+SELECT a.* FROM segml_assignments a
+JOIN (SELECT segmentation, max(as_of) AS as_of FROM segml_publications GROUP BY segmentation) latest
+  ON a.segmentation = latest.segmentation AND a.as_of = latest.as_of
+"""
+
+ASSIGNMENT_COLUMNS = [c.name for c in assignments_table.columns]
+
+#: Schema migrations: version -> statements that bring version - 1 up to it.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine whose transactions lock for writing at once (SQLite) and wait for a busy database."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _no_implicit_transactions(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _write_lock_at_begin(connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def ensure_schema(engine: sa.Engine) -> int:
+    """Create the tables and the view on first use; migrate an older schema; return the version."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Two first publishes at once must not both create the tables.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('segml:schema'))"))
+        inspector = sa.inspect(connection)
+        if not inspector.has_table(schema_table.name):
+            metadata.create_all(connection)
+            connection.exec_driver_sql(_CURRENT_VIEW_SQL)
+            connection.execute(schema_table.insert().values(version=SCHEMA_VERSION,
+                                                            applied_at=dt.datetime.now(dt.UTC)))
+            log.info("created the segml tables (schema version %d)", SCHEMA_VERSION)
+            return SCHEMA_VERSION
+        version = connection.execute(sa.select(sa.func.max(schema_table.c.version))).scalar_one()
+        if version > SCHEMA_VERSION:
+            raise SegmlError(f"the database holds segml schema version {version}, newer than this segml "
+                             f"({SCHEMA_VERSION}); upgrade segml")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(step, []):
+                connection.exec_driver_sql(statement)
+            connection.execute(schema_table.insert().values(version=step, applied_at=dt.datetime.now(dt.UTC)))
+        return SCHEMA_VERSION
+
+
+def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetime) -> pd.DataFrame:
+    frame = assignments.assign(segmentation=segmentation, published_at=published_at)
+    frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
+    frame["segment_changed"] = frame["segment_changed"].astype("boolean")
+    frame["previous_segment_id"] = frame["previous_segment_id"].astype(object).where(
+        frame["previous_segment_id"].notna(), None)
+    return frame[ASSIGNMENT_COLUMNS]
+
+
+def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
+    cursor = connection.connection.driver_connection.cursor()
+    columns = ", ".join(ASSIGNMENT_COLUMNS)
+    with cursor.copy(f"COPY segml_assignments ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as copy:
+        for start in range(0, len(rows), CHUNK_ROWS):
+            buffer = io.StringIO()
+            rows.iloc[start:start + CHUNK_ROWS].to_csv(buffer, index=False, header=False, na_rep="\\N",
+                                                       date_format="%Y-%m-%d %H:%M:%S%z")
+            copy.write(buffer.getvalue())
+            if after_chunk:
+                after_chunk(min(start + CHUNK_ROWS, len(rows)))
+
+
+def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
+    records = rows.astype(object).where(rows.notna(), None)
+    for start in range(0, len(records), CHUNK_ROWS):
+        chunk = records.iloc[start:start + CHUNK_ROWS].to_dict(orient="records")
+        connection.execute(assignments_table.insert(), chunk)
+        if after_chunk:
+            after_chunk(min(start + CHUNK_ROWS, len(records)))
+
+
+def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, assignments: pd.DataFrame,
+                        catalogue: pd.DataFrame, run_id: str, model_version: int,
+                        after_chunk: Callable[[int], None] | None = None) -> int:
+    """Publish one as-of date of a segmentation in one transaction; returns the rows written.
+
+    ``assignments`` has the CRM columns; ``catalogue`` the segment catalogue
+    (``segment_id``, ``segment_name``, ``status``, ``first_as_of``,
+    ``last_as_of`` and optionally ``description``). ``after_chunk`` is called
+    with the rows written so far after each chunk.
+    """
+    ensure_schema(engine)
+    published_at = dt.datetime.now(dt.UTC)
+    rows = _rows(assignments, segmentation, published_at)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                               {"name": f"segml:{segmentation}"})
+        connection.execute(assignments_table.delete().where(assignments_table.c.segmentation == segmentation,
+                                                            assignments_table.c.as_of == as_of))
+        connection.execute(publications_table.delete().where(publications_table.c.segmentation == segmentation,
+                                                             publications_table.c.as_of == as_of))
+        if connection.dialect.name == "postgresql":
+            _copy_postgres(connection, rows, after_chunk)
+        else:
+            _insert_rows(connection, rows, after_chunk)
+        connection.execute(publications_table.insert().values(
+            segmentation=segmentation, as_of=as_of, run_id=run_id, model_version=int(model_version),
+            rows=len(rows), published_at=published_at))
+        connection.execute(segments_table.delete().where(segments_table.c.segmentation == segmentation))
+        connection.execute(segments_table.insert(), [
+            {"segmentation": segmentation, "segment_id": r["segment_id"], "segment_name": r["segment_name"],
+             "description": r.get("description"), "first_as_of": pd.Timestamp(r["first_as_of"]).date(),
+             "last_as_of": pd.Timestamp(r["last_as_of"]).date(), "retired": r["status"] == "retired"}
+            for r in catalogue.to_dict(orient="records")])
+    log.info("published %d assignments of %s as of %s", len(rows), segmentation, as_of)
+    return len(rows)
+
+
+def read_current(engine: sa.Engine, segmentation: str) -> pd.DataFrame:
+    """The current assignments of a segmentation (its latest published as-of date)."""
+    view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in ASSIGNMENT_COLUMNS])
+    with engine.connect() as connection:
+        return pd.read_sql(sa.select(view).where(view.c.segmentation == segmentation)
+                           .order_by(view.c.customer_id), connection)

@@ -1,0 +1,138 @@
+"""Publishing to SQLite and PostgreSQL: one transaction, no duplicates, failures leave the last state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from segml.contract import CRM_COLUMNS
+from segml.publish import SCHEMA_VERSION, create_engine, ensure_schema, publish_assignments, read_current
+
+AS_OF = dt.date(2024, 1, 1)
+
+
+def assignments(n: int, as_of: dt.date = AS_OF, segment: str = "S1", run_id: str = "run-1") -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "customer_id": [f"c{i:07d}" for i in range(n)],
+        "segment_id": segment, "segment_name": "Champions", "segment_probability": 1.0,
+        "recency_days": 5, "frequency": 3, "monetary": 120.5, "tenure_days": 300, "avg_order_value": 40.17,
+        "previous_segment_id": [None if i % 3 == 0 else "S2" for i in range(n)],
+        "segment_changed": [None if i % 3 == 0 else True for i in range(n)],
+        "as_of": as_of, "run_id": run_id, "model_version": 1,
+    })
+    return frame[CRM_COLUMNS]
+
+
+CATALOGUE = pd.DataFrame({"segment_id": ["S1", "S2"], "segment_name": ["Champions", "Lost"],
+                          "status": ["active", "retired"], "first_as_of": ["2023-12-01", "2023-12-01"],
+                          "last_as_of": ["2024-01-01", "2023-12-01"], "description": ["best", "gone"]})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        engine = create_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+        yield engine
+        engine.dispose()
+        return
+    base_url = request.getfixturevalue("postgres_url")
+    schema = f"segml_test_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base_url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine = sa.create_engine(base_url, connect_args={"options": f"-csearch_path={schema}"})
+    yield engine
+    engine.dispose()
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+def _count(engine, where: str = "") -> int:
+    with engine.connect() as connection:
+        return connection.exec_driver_sql(f"SELECT count(*) FROM segml_assignments {where}").scalar_one()
+
+
+def test_tables_are_created_on_first_use_with_a_schema_version(engine):
+    assert ensure_schema(engine) == SCHEMA_VERSION
+    assert ensure_schema(engine) == SCHEMA_VERSION  # idempotent
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"segml_assignments", "segml_segments", "segml_publications", "segml_schema"} <= tables
+    assert "segml_current_assignments" in sa.inspect(engine).get_view_names()
+
+
+def test_publishing_an_as_of_twice_replaces_it(engine):
+    publish_assignments(engine, "shop", AS_OF, assignments(100), CATALOGUE, "run-1", 1)
+    publish_assignments(engine, "shop", AS_OF, assignments(80, run_id="run-2"), CATALOGUE, "run-2", 2)
+    assert _count(engine) == 80
+    current = read_current(engine, "shop")
+    assert len(current) == 80 and set(current["run_id"]) == {"run-2"}
+    assert current["segment_changed"].isna().sum() == 27 and current["previous_segment_id"].isna().sum() == 27
+    with engine.connect() as connection:
+        segments = pd.read_sql("SELECT * FROM segml_segments ORDER BY segment_id", connection)
+    assert segments["retired"].tolist() == [False, True] and segments["description"].tolist() == ["best", "gone"]
+
+
+def test_the_current_view_follows_the_latest_as_of_of_each_segmentation(engine):
+    publish_assignments(engine, "shop", AS_OF, assignments(10), CATALOGUE, "run-1", 1)
+    publish_assignments(engine, "shop", dt.date(2024, 2, 1), assignments(7, dt.date(2024, 2, 1), "S3"),
+                        CATALOGUE, "run-2", 2)
+    publish_assignments(engine, "other", AS_OF, assignments(5), CATALOGUE, "run-3", 1)
+    assert _count(engine) == 22  # history is kept
+    current = read_current(engine, "shop")
+    assert len(current) == 7 and set(current["segment_id"]) == {"S3"}
+    assert pd.to_datetime(current["as_of"]).dt.date.unique().tolist() == [dt.date(2024, 2, 1)]
+    assert len(read_current(engine, "other")) == 5
+
+
+def test_a_failure_midway_leaves_the_previous_rows_intact(engine):
+    publish_assignments(engine, "shop", AS_OF, assignments(120_000), CATALOGUE, "run-1", 1)
+
+    def explode(rows_written: int) -> None:
+        if rows_written >= 50_000:
+            raise ConnectionError(f"connection lost after {rows_written} rows")
+
+    with pytest.raises(ConnectionError):
+        publish_assignments(engine, "shop", AS_OF, assignments(120_000, segment="S9", run_id="run-2"), CATALOGUE,
+                            "run-2", 2, after_chunk=explode)
+    current = read_current(engine, "shop")
+    assert len(current) == 120_000 and set(current["run_id"]) == {"run-1"} and set(current["segment_id"]) == {"S1"}
+
+
+def test_a_constraint_error_rolls_the_whole_publication_back(engine):
+    publish_assignments(engine, "shop", AS_OF, assignments(50), CATALOGUE, "run-1", 1)
+    broken = pd.concat([assignments(60, run_id="run-2"), assignments(1, run_id="run-2")])  # a duplicate customer
+    with pytest.raises(sa.exc.IntegrityError if engine.dialect.name == "sqlite" else Exception):
+        publish_assignments(engine, "shop", AS_OF, broken, CATALOGUE, "run-2", 2)
+    assert set(read_current(engine, "shop")["run_id"]) == {"run-1"} and _count(engine) == 50
+
+
+def test_concurrent_publishes_give_a_consistent_result(engine):
+    errors = []
+
+    def publish(name: str, run: str, n: int) -> None:
+        try:
+            publish_assignments(engine, name, AS_OF, assignments(n, run_id=run), CATALOGUE, run, 1)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=args) for args in
+               [("shop", "run-a", 30_000), ("shop", "run-b", 20_000), ("other", "run-c", 10_000)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    shop = read_current(engine, "shop")
+    # One of the two publishes of "shop" wins whole: never a mix, never both.
+    assert (set(shop["run_id"]), len(shop)) in [({"run-a"}, 30_000), ({"run-b"}, 20_000)]
+    assert len(read_current(engine, "other")) == 10_000
+    with engine.connect() as connection:
+        runs = connection.exec_driver_sql(
+            "SELECT run_id, rows FROM segml_publications WHERE segmentation = 'shop'").all()
+    assert len(runs) == 1 and runs[0][1] == len(shop)
