@@ -102,3 +102,17 @@ def test_backfill_refuses_a_bad_period_before_starting(segml_cli, tmp_path):
     result = segml_cli("backfill", str(config), "--from", "2023-01-01", "--to", "2023-03-01", "--every", "fortnight")
     assert result.returncode == 1
     assert "--every 'fortnight' is not a period" in result.stderr and "flow run" not in result.stderr.lower()
+
+
+def test_target_writes_a_campaign_list_from_the_published_run(segml_cli, tmp_path):
+    assert segml_cli("demo", "--dir", str(tmp_path), "--customers", "300").returncode == 0
+    config = str(tmp_path / "segml.yaml")
+    out = tmp_path / "list.csv"
+    result = segml_cli("target", config, "--segment", "Champions", "--where", "monetary > 1000", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    listed = pd.read_csv(out)
+    assert len(listed) > 0 and set(listed["segment_name"]) == {"Champions"} and (listed["monetary"] > 1000).all()
+    assert f"{len(listed):,} customers written to {out}" in result.stdout
+    refused = segml_cli("target", config, "--where", "monetary > 0; DROP TABLE segml_assignments", "--out", str(out))
+    assert refused.returncode == 1 and "unexpected ';'" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(pd.read_csv(out)) == len(listed)  # the list from before is untouched

@@ -140,7 +140,7 @@ def ensure_schema(engine: sa.Engine) -> int:
 
 
 def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetime) -> pd.DataFrame:
-    frame = assignments.assign(segmentation=segmentation, published_at=published_at)
+    frame = assignments.assign(segmentation=segmentation, published_at=pd.Timestamp(published_at))
     frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
     frame["segment_changed"] = frame["segment_changed"].astype("boolean")
     frame["previous_segment_id"] = frame["previous_segment_id"].astype(object).where(
@@ -149,25 +149,41 @@ def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetim
 
 
 def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
+    """``COPY ... FROM STDIN`` in CSV chunks written by Arrow (an unquoted empty field is NULL)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     cursor = connection.connection.driver_connection.cursor()
     columns = ", ".join(ASSIGNMENT_COLUMNS)
-    with cursor.copy(f"COPY segml_assignments ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as copy:
+    options = pacsv.WriteOptions(include_header=False)
+    with cursor.copy(f"COPY segml_assignments ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
         for start in range(0, len(rows), CHUNK_ROWS):
-            buffer = io.StringIO()
-            rows.iloc[start:start + CHUNK_ROWS].to_csv(buffer, index=False, header=False, na_rep="\\N",
-                                                       date_format="%Y-%m-%d %H:%M:%S%z")
+            buffer = io.BytesIO()
+            pacsv.write_csv(pa.Table.from_pandas(rows.iloc[start:start + CHUNK_ROWS], preserve_index=False),
+                            buffer, options)
             copy.write(buffer.getvalue())
             if after_chunk:
                 after_chunk(min(start + CHUNK_ROWS, len(rows)))
 
 
 def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
-    records = rows.astype(object).where(rows.notna(), None)
-    for start in range(0, len(records), CHUNK_ROWS):
-        chunk = records.iloc[start:start + CHUNK_ROWS].to_dict(orient="records")
-        connection.execute(assignments_table.insert(), chunk)
+    """Plain ``executemany`` on the driver, with values already in SQLAlchemy's SQLite storage formats."""
+    values = {}
+    for column in ASSIGNMENT_COLUMNS:
+        series = rows[column]
+        if column == "as_of":
+            series = series.map(lambda d: d.isoformat())
+        elif column == "published_at":
+            series = series.dt.tz_convert("UTC").dt.strftime("%Y-%m-%d %H:%M:%S.%f")
+        values[column] = series.astype(object).where(series.notna(), None).tolist()
+    cursor = connection.connection.driver_connection.cursor()
+    placeholders = ", ".join("?" for _ in ASSIGNMENT_COLUMNS)
+    statement = f"INSERT INTO segml_assignments ({', '.join(ASSIGNMENT_COLUMNS)}) VALUES ({placeholders})"
+    table = list(zip(*(values[c] for c in ASSIGNMENT_COLUMNS)))
+    for start in range(0, len(table), CHUNK_ROWS):
+        cursor.executemany(statement, table[start:start + CHUNK_ROWS])
         if after_chunk:
-            after_chunk(min(start + CHUNK_ROWS, len(records)))
+            after_chunk(min(start + CHUNK_ROWS, len(table)))
 
 
 def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, assignments: pd.DataFrame,
