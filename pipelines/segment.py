@@ -336,10 +336,12 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
                     + "; ".join(g.describe() for g in failed)
                     + f". The run is recorded in MLflow ({handle.run_id}) but neither promoted nor published; "
                     "change the gates in the configuration or look into the data.")
-            tracking.promote(handle, cfg, version)
-            publish_files(staging, destination)
+            # The database first (one transaction), then the files (each atomic), and only then the
+            # alias: a failure on the way leaves the previous champion as the one the next run matches.
             database = (publish_database(cfg, purchases.report.as_of, assignments, identity, handle.run_id, version)
                         if cfg.publish.database else None)
+            publish_files(staging, destination)
+            tracking.promote(handle, cfg, version)
     except BaseException as exc:
         tracking.end_run(handle, exc)
         raise

@@ -23,6 +23,7 @@ import datetime as dt
 import io
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
@@ -101,6 +102,8 @@ def create_engine(url: str) -> sa.Engine:
     """An engine whose transactions lock for writing at once (SQLite) and wait for a busy database."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
+        if engine.url.database and engine.url.database != ":memory:":
+            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
 
         @sa.event.listens_for(engine, "connect")
         def _no_implicit_transactions(dbapi_connection, _record):

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 LINES = "purchase_lines"
 REJECTED = "rejected_lines"
+STAGED = "classified_lines"
 
 #: Reasons a line is rejected, in the order they are checked.
 REJECTION_REASONS: dict[str, str] = {
@@ -150,30 +151,41 @@ def _build_sql(data: DataConfig, types: dict[str, str]) -> str:
         ("zero_price", zero_price),
         ("negative_price", negative_price),
         ("zero_quantity", zero_quantity),
-        ("duplicate_line", "__copy > 1"),
+        ("duplicate_line", "__duplicate"),
         ("return_excluded", f"{exclude_returns} AND __ret"),
     ]
     reason_case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond in reasons) + " END"
 
+    # Exact duplicates: lines are partitioned by a 64-bit hash of all their
+    # columns (one cheap key instead of every column), and a line is a
+    # duplicate when an earlier line of its partition equals it in every
+    # column, which rules out hash collisions.
+    same_as_first = " AND ".join(f"{c} IS NOT DISTINCT FROM first_value({c}) OVER same_hash" for c in
+                                 [quote(name) for name in types])
+    raw_struct = "struct_pack(" + ", ".join(f"{quote(name)} := {quote(name)}" for name in types) + ")"
     # Computed columns carry a double-underscore prefix so they never collide
     # with the source's own names (a source may well have "customer_id").
+    # Only the slim columns are kept, plus the source's own values for the
+    # (usually few) rejected lines.
     return f"""
         WITH numbered AS (
-            SELECT *, row_number() OVER () AS __line FROM {RAW}
+            SELECT *, row_number() OVER () AS __line, hash({all_columns}) AS __hash FROM {RAW}
         ), parsed AS (
             SELECT *,
                 {_customer_id(cid, types[cols.customer_id])} AS __cid,
                 {_timestamp(ts_col, types[cols.timestamp], data.timestamp_format)} AS __ts,
-                row_number() OVER (PARTITION BY {all_columns} ORDER BY __line) AS __copy,
+                (row_number() OVER same_hash > 1 AND {same_as_first}) AS __duplicate,
                 ({negative}) OR COALESCE({cancelled}, false) AS __ret
             FROM numbered
+            WINDOW same_hash AS (PARTITION BY __hash ORDER BY __line)
         ), checked AS (
             SELECT *, {reason_case} AS __reason FROM parsed
         )
-        SELECT *,
+        SELECT __line, __cid, __ts, __ret, __reason,
                {order_key} AS __order,
                CASE WHEN __reason IS NULL
-                    THEN CASE WHEN __ret THEN -{magnitude} ELSE {magnitude} END END AS __amount
+                    THEN CASE WHEN __ret THEN -{magnitude} ELSE {magnitude} END END AS __amount,
+               CASE WHEN __reason IS NOT NULL THEN {raw_struct} END AS __raw
         FROM checked
     """
 
@@ -187,10 +199,10 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     """
     types = column_types(con)
     staged = _build_sql(data, types)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _staged AS {staged}")
+    con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS {staged}")
     as_of = window.as_of
     if as_of is None:
-        last = con.execute("SELECT max(__ts) FROM _staged WHERE __reason IS NULL").fetchone()[0]
+        last = con.execute(f"SELECT max(__ts) FROM {STAGED} WHERE __reason IS NULL").fetchone()[0]
         if last is None:
             as_of = dt.date.today()
         else:
@@ -198,7 +210,7 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     window_start = as_of - dt.timedelta(days=window.lookback_days) if window.lookback_days else None
     start_sql = f"TIMESTAMP '{window_start.isoformat()}'" if window_start else "NULL"
     con.execute(f"""
-        CREATE OR REPLACE TABLE {LINES} AS
+        CREATE OR REPLACE VIEW {LINES} AS
         SELECT __line AS line, __cid AS customer_id, __ts AS ts, __order AS order_key,
             __amount AS amount, __ret AS is_return,
             CASE WHEN __reason IS NOT NULL THEN 'rejected'
@@ -208,15 +220,13 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
             CASE WHEN __reason IS NOT NULL THEN __reason
                  WHEN __ts >= TIMESTAMP '{as_of.isoformat()}' THEN 'after_as_of'
                  WHEN __ts < {start_sql} THEN 'before_window' END AS reason
-        FROM _staged
+        FROM {STAGED}
     """)
-    raw_columns = ", ".join(quote(c) for c in types)
     con.execute(f"""
-        CREATE OR REPLACE TABLE {REJECTED} AS
-        SELECT __line AS line, __reason AS reason, {raw_columns}
-        FROM _staged WHERE __reason IS NOT NULL ORDER BY __line
+        CREATE OR REPLACE VIEW {REJECTED} AS
+        SELECT __line AS line, __reason AS reason, unnest(__raw)
+        FROM {STAGED} WHERE __reason IS NOT NULL
     """)
-    con.execute("DROP TABLE _staged")
 
     rows_read = con.execute(f"SELECT count(*) FROM {RAW}").fetchone()[0]
     counts = con.execute(f"SELECT status, reason, count(*) FROM {LINES} GROUP BY ALL ORDER BY ALL").fetchall()
