@@ -22,6 +22,8 @@ from segml.errors import InputDataError
 log = logging.getLogger(__name__)
 
 RAW = "raw_purchases"
+#: The line number (1, 2, ...) of every source line, where the source can give it cheaply; see ``line_number``.
+LINE = "__segml_line"
 _SQL_CHUNK_ROWS = 200_000
 
 
@@ -62,7 +64,9 @@ def _register_file(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
         raise InputDataError(f"purchase file {str(path)!r} not found; check data.path in the configuration")
     fmt = _file_format(data)
     if fmt == "parquet":
-        scan = f"read_parquet({_sql_string(str(path))})"
+        # Parquet knows each row's position: a line number without a blocking window over all rows.
+        scan = (f"(SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS {LINE} "
+                f"FROM read_parquet({_sql_string(str(path))}, file_row_number = true))")
     else:
         csv = data.csv
         # Every column is read as text so that a malformed value becomes a
@@ -86,16 +90,18 @@ def _register_sql(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
     engine = sa.create_engine(data.url or "")
     statement = sa.select(sa.text("*")).select_from(sa.table(data.table)) if data.table else sa.text(data.query or "")
     con.execute(f"DROP TABLE IF EXISTS {RAW}")
-    created = False
+    created, lines = False, 0
     try:
         with engine.connect() as connection:
             for chunk in pd.read_sql(statement, connection, chunksize=_SQL_CHUNK_ROWS):
                 con.register("_chunk", chunk)
+                numbered = f"SELECT *, {lines} + row_number() OVER () AS {LINE} FROM _chunk"
                 if created:
-                    con.execute(f"INSERT INTO {RAW} SELECT * FROM _chunk")
+                    con.execute(f"INSERT INTO {RAW} {numbered}")
                 else:
-                    con.execute(f"CREATE TABLE {RAW} AS SELECT * FROM _chunk")
+                    con.execute(f"CREATE TABLE {RAW} AS {numbered}")
                     created = True
+                lines += len(chunk)
                 con.unregister("_chunk")
     except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
         cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
@@ -129,7 +135,7 @@ def register_frame(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, columns:
                    config_name: str = "the configuration") -> list[str]:
     """Use an in-memory frame of purchase lines as ``raw_purchases``."""
     con.register("_frame", frame)
-    con.execute(f"CREATE OR REPLACE TABLE {RAW} AS SELECT * FROM _frame")
+    con.execute(f"CREATE OR REPLACE TABLE {RAW} AS SELECT *, row_number() OVER () AS {LINE} FROM _frame")
     con.unregister("_frame")
     found = columns_of(con)
     if columns is not None:
@@ -138,11 +144,19 @@ def register_frame(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, columns:
 
 
 def columns_of(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return [row[0] for row in con.execute(f"DESCRIBE {RAW}").fetchall()]
+    """The source's own columns."""
+    return list(column_types(con))
 
 
 def column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    return {row[0]: row[1] for row in con.execute(f"DESCRIBE {RAW}").fetchall()}
+    """The source's own columns and their DuckDB types."""
+    return {row[0]: row[1] for row in con.execute(f"DESCRIBE {RAW}").fetchall() if row[0] != LINE}
+
+
+def line_number(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL for each line's number: the source's own when it has one, else the scan order (CSV)."""
+    has_line = any(row[0] == LINE for row in con.execute(f"DESCRIBE {RAW}").fetchall())
+    return LINE if has_line else "row_number() OVER ()"
 
 
 def check_columns(found: list[str], columns: ColumnMap, config_name: str) -> None:
@@ -164,5 +178,6 @@ def fingerprint(con: duckdb.DuckDBPyConnection) -> str:
     The same lines in any order give the same fingerprint; any changed value
     changes it.
     """
-    rows, total = con.execute(f"SELECT count(*), sum(hash(r)::HUGEINT) FROM {RAW} r").fetchone()
+    columns = ", ".join(quote(c) for c in column_types(con))
+    rows, total = con.execute(f"SELECT count(*), sum(hash({columns})::HUGEINT) FROM {RAW}").fetchone()
     return f"{rows}:{int(total or 0) % 2**64:016x}"

@@ -19,7 +19,7 @@ import pandas as pd
 
 from segml.config import DataConfig, WindowConfig
 from segml.errors import InputDataError
-from segml.sources import RAW, column_types, quote
+from segml.sources import RAW, column_types, line_number, quote
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _customer_id(expr: str, sql_type: str) -> str:
     return _text(expr)
 
 
-def _build_sql(data: DataConfig, types: dict[str, str]) -> str:
+def _build_sql(data: DataConfig, types: dict[str, str], line: str = "row_number() OVER ()") -> str:
     cols = data.columns
     cid = quote(cols.customer_id)
     ts_col = quote(cols.timestamp)
@@ -156,28 +156,35 @@ def _build_sql(data: DataConfig, types: dict[str, str]) -> str:
     ]
     reason_case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond in reasons) + " END"
 
-    # Exact duplicates: lines are partitioned by a 64-bit hash of all their
-    # columns (one cheap key instead of every column), and a line is a
-    # duplicate when an earlier line of its partition equals it in every
-    # column, which rules out hash collisions.
+    # Exact duplicates: a 64-bit hash of all the columns finds the few lines
+    # whose hash repeats; only those are compared column by column (so a hash
+    # collision never makes a false duplicate) and numbered in line order.
     same_as_first = " AND ".join(f"{c} IS NOT DISTINCT FROM first_value({c}) OVER same_hash" for c in
                                  [quote(name) for name in types])
     raw_struct = "struct_pack(" + ", ".join(f"{quote(name)} := {quote(name)}" for name in types) + ")"
+    # A source without its own line numbers (CSV) is numbered once and kept;
+    # one with them (Parquet, loaded tables) is cheaper to scan again.
+    materialized = "MATERIALIZED" if line.startswith("row_number()") else "NOT MATERIALIZED"
     # Computed columns carry a double-underscore prefix so they never collide
     # with the source's own names (a source may well have "customer_id").
     # Only the slim columns are kept, plus the source's own values for the
     # (usually few) rejected lines.
     return f"""
-        WITH numbered AS (
-            SELECT *, row_number() OVER () AS __line, hash({all_columns}) AS __hash FROM {RAW}
+        WITH numbered AS {materialized} (
+            SELECT {all_columns}, {line} AS __line, hash({all_columns}) AS __hash FROM {RAW}
+        ), repeated AS (
+            SELECT __hash FROM numbered GROUP BY __hash HAVING count(*) > 1
+        ), copies AS (
+            SELECT __line, (row_number() OVER same_hash > 1 AND {same_as_first}) AS __duplicate
+            FROM numbered SEMI JOIN repeated USING (__hash)
+            WINDOW same_hash AS (PARTITION BY __hash ORDER BY __line)
         ), parsed AS (
-            SELECT *,
+            SELECT numbered.*,
                 {_customer_id(cid, types[cols.customer_id])} AS __cid,
                 {_timestamp(ts_col, types[cols.timestamp], data.timestamp_format)} AS __ts,
-                (row_number() OVER same_hash > 1 AND {same_as_first}) AS __duplicate,
+                COALESCE(copies.__duplicate, false) AS __duplicate,
                 ({negative}) OR COALESCE({cancelled}, false) AS __ret
-            FROM numbered
-            WINDOW same_hash AS (PARTITION BY __hash ORDER BY __line)
+            FROM numbered LEFT JOIN copies USING (__line)
         ), checked AS (
             SELECT *, {reason_case} AS __reason FROM parsed
         )
@@ -198,7 +205,7 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     and returns the counts, which always add up to the lines read.
     """
     types = column_types(con)
-    staged = _build_sql(data, types)
+    staged = _build_sql(data, types, line_number(con))
     con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS {staged}")
     as_of = window.as_of
     if as_of is None:
