@@ -11,7 +11,8 @@ and peak resident memory:
   group by customer: last and first purchase, distinct orders, total spend);
 - ``duckdb_sql``: the same aggregation as one DuckDB query into Arrow;
 - ``segml``: segml's whole path: the data contract (every line checked,
-  duplicates found, rejections kept) and the five features as of a date;
+  duplicates found, rejections kept) and the five features as of a date,
+  with ``duckdb.memory_limit: 500MB``;
 - ``lifetimes``: ``summary_data_from_transaction_data``, when lifetimes is installed.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 AS_OF = "2024-01-01"
+MEMORY_LIMIT = "500MB"  # duckdb.memory_limit for the segml run: DuckDB spills rather than grow past it
 
 
 def generate(lines: int, path: Path) -> None:
@@ -80,8 +82,9 @@ def run_segml(path: Path) -> int:
 
     config = parse_config({"data": {"path": str(path), "timestamp_format": "%Y-%m-%d %H:%M:%S", "columns": {
         "customer_id": "customer_id", "timestamp": "purchased_at", "order_id": "order_id",
-        "quantity": "quantity", "unit_price": "unit_price"}}, "window": {"as_of": AS_OF}})
-    con = connect()
+        "quantity": "quantity", "unit_price": "unit_price"}}, "window": {"as_of": AS_OF},
+        "duckdb": {"memory_limit": MEMORY_LIMIT}})
+    con = connect(config.duckdb.memory_limit)
     register_source(con, config.data)
     report = classify_lines(con, config.data, config.window)
     features, _ = compute_features(con, report.as_of)

@@ -37,7 +37,7 @@ def _with(path: str, value):
 _DELETE = object()
 
 BAD_CONFIGS = [
-    (_with("modle", {}), r"modle: unknown key; allowed keys here are \['data', 'features'"),
+    (_with("modle", {}), r"modle: unknown key; allowed keys here are \['data', 'duckdb', 'features'"),
     (_with("model.algo", "kmeans"), r"model.algo: unknown key; allowed keys here are \['algorithm'"),
     (_with("model.algorithm", "dbscan"), r"model.algorithm: Input should be 'kmeans' or 'gmm' \(got 'dbscan'\)"),
     (_with("model.n_clusters", 1), r"model.n_clusters: Input should be greater than or equal to 2 \(got 1\)"),
@@ -131,3 +131,9 @@ def test_shipped_sample_config_matches_the_demo_settings():
     embedded = parse_config(SAMPLE_CONFIG)
     drop = {"data": {"path"}, "output": True, "tracking": True}
     assert shipped.model_dump(exclude=drop) == embedded.model_dump(exclude=drop)
+
+
+def test_duckdb_memory_limit_takes_a_size():
+    assert parse_config(_with("duckdb", {"memory_limit": "500MB"})).duckdb.memory_limit == "500MB"
+    with pytest.raises(ConfigError, match="duckdb.memory_limit: String should match pattern"):
+        parse_config(_with("duckdb", {"memory_limit": "lots"}))

@@ -275,6 +275,14 @@ class PublishConfig(_Strict):
         return value
 
 
+class DuckDBConfig(_Strict):
+    """Resources of the embedded engine that reads purchases and computes features."""
+
+    memory_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    threads: int | None = Field(None, ge=1)
+    temp_directory: str | None = None
+
+
 class SegmlConfig(_Strict):
     """A whole segml configuration."""
 
@@ -292,6 +300,7 @@ class SegmlConfig(_Strict):
     gates: GatesConfig = GatesConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     publish: PublishConfig = PublishConfig()
+    duckdb: DuckDBConfig = DuckDBConfig()
 
     @model_validator(mode="after")
     def _stability_gate_needs_resamples(self) -> SegmlConfig:

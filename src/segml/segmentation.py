@@ -62,7 +62,7 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
     ``as_of`` overrides ``window.as_of`` from the configuration.
     """
     own = con is None
-    con = con or connect()
+    con = con or connect(config.duckdb.memory_limit, config.duckdb.threads, config.duckdb.temp_directory)
     try:
         if frame is not None:
             register_frame(con, frame, config.data.columns, config_name)

@@ -27,11 +27,20 @@ LINE = "__segml_line"
 _SQL_CHUNK_ROWS = 200_000
 
 
-def connect(memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    """A fresh in-memory DuckDB connection for one segmentation."""
+def connect(memory_limit: str | None = None, threads: int | None = None,
+            temp_directory: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB connection for one segmentation.
+
+    With ``memory_limit`` DuckDB spills to ``temp_directory`` (or its default)
+    instead of growing past it.
+    """
     con = duckdb.connect(":memory:")
     if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute(f"SET memory_limit = {_sql_string(memory_limit)}")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if temp_directory:
+        con.execute(f"SET temp_directory = {_sql_string(temp_directory)}")
     return con
 
 
