@@ -18,7 +18,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.segment import CRM_COLUMNS, _transient, load_purchases, publish_files, resolve_as_of
+from pipelines.segment import CRM_COLUMNS, retry_if_transient, load_purchases, publish_files, resolve_as_of
 from segml import tracking
 from segml.config import SegmlConfig, load_config
 from segml.errors import SegmlError
@@ -26,7 +26,7 @@ from segml.identity import migrate
 from segml.outputs import write_results
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def load_champion_model(config: SegmlConfig) -> tuple[Any, tracking.Published]:
     """The champion pyfunc model and its published segmentation."""
     published = tracking.load_champion(config)

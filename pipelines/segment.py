@@ -43,7 +43,7 @@ from segml.segmentation import (
 )
 from segml.validation import REJECTION_REASONS, WINDOW_REASONS
 
-def _transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry condition signature
+def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry condition signature
     """Retry I/O failures, never segml's own errors: a missing column stays missing on the next try."""
     try:
         state.result()
@@ -56,7 +56,7 @@ def _transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry
 
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def load_purchases(config: SegmlConfig, as_of: dt.date | None, config_name: str) -> Purchases:
     """Read the source, apply the data contract and compute the features."""
     purchases = prepare_purchases(config, as_of=as_of, config_name=config_name)
@@ -90,7 +90,7 @@ def profile_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfi
     return describe_segments(features, scored, config)
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def fetch_champion(config: SegmlConfig) -> tracking.Published | None:
     """The last published segmentation (the model version aliased ``champion``), if any."""
     published = tracking.load_champion(config)
@@ -233,7 +233,7 @@ def log_files(handle: tracking.RunHandle, staging: Path) -> None:
     tracking.log_artifacts(handle, staging)
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def publish_files(staging: Path, destination: Path) -> dict[str, Path]:
     """Copy the run's files into the output folder, each atomically."""
     return publish_folder(staging, destination)
@@ -258,7 +258,7 @@ def resolve_as_of(as_of: dt.date | None, config: SegmlConfig) -> dt.date | None:
     return None
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_transient, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def publish_database(config: SegmlConfig, as_of: dt.date, assignments: pd.DataFrame, identity: Identity,
                      run_id: str, version: int) -> str:
     """Publish the assignments and the catalogue to the CRM database in one transaction."""

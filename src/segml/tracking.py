@@ -28,16 +28,6 @@ from segml.models import SegmentModel
 
 log = logging.getLogger(__name__)
 
-#: Metric names logged for every run (``bic`` only for mixtures); see the README.
-RUN_METRICS = ("n_segments", "homogeneity", "homogeneity_original", "explained_variance", "silhouette",
-               "calinski_harabasz", "davies_bouldin", "bic", "stability_ari", "segment_share_min",
-               "rows_read", "rows_used", "rows_rejected", "rows_outside_window", "customers",
-               "customers_excluded")
-#: Per-segment metrics, logged as ``<name>.<segment_id>``.
-SEGMENT_METRICS = ("homogeneity", "share", "stability_jaccard")
-PYFUNC_OUTPUT = ["segment_id", "segment_name", "segment_probability"]
-
-
 class SegmentPyfunc(mlflow.pyfunc.PythonModel):
     """A fitted segmentation as an MLflow pyfunc model.
 
