@@ -109,3 +109,15 @@ def test_probabilities_are_in_segment_order():
     proba = model.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     np.testing.assert_array_equal(proba.argmax(axis=1), model.predict(X))
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "gmm"])
+def test_candidates_fitted_on_a_sample_still_assign_everyone(algorithm):
+    X, truth = rfm_blobs(n_per_group=(1200, 1000, 800, 600))
+    model, candidates = fit_segments(X, FEATURES, TransformConfig(),
+                                     ModelConfig(algorithm=algorithm, k_range=(3, 5), fit_sample=1000))
+    assert (candidates["fitted_on"] == 1000).all()
+    assert model.n_segments == 4
+    labels = model.predict(X)
+    assert len(labels) == 3600 and adjusted_rand_score(truth, labels) >= 0.9
+    assert np.bincount(labels).tolist() == sorted(np.bincount(labels).tolist(), reverse=True)

@@ -136,6 +136,7 @@ class ModelConfig(_Strict):
     max_iter: int = Field(300, ge=10)
     min_segment_share: float = Field(0.02, ge=0.0, lt=0.5)
     silhouette_sample: int = Field(10_000, ge=100)
+    fit_sample: int | None = Field(200_000, ge=1_000)
 
     @field_validator("k_range")
     @classmethod

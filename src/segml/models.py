@@ -123,6 +123,11 @@ def _canonical_order(raw_labels: np.ndarray, n_clusters: int, Z: np.ndarray) -> 
     return order
 
 
+def _predict_in_chunks(estimator: KMeans | GaussianMixture, Z: np.ndarray, chunk: int = 250_000) -> np.ndarray:
+    """Labels of every row, a chunk at a time (a mixture's predict builds an n x k matrix)."""
+    return np.concatenate([estimator.predict(Z[i:i + chunk]) for i in range(0, len(Z), chunk)])
+
+
 def score_partition(Z: np.ndarray, labels: np.ndarray, silhouette_sample: int, random_state: int) -> dict[str, float]:
     """Silhouette (on a fixed-seed sample), Calinski–Harabasz and Davies–Bouldin of one partition."""
     n_labels = len(np.unique(labels))
@@ -152,7 +157,8 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
     model : SegmentModel
         The chosen segmentation.
     candidates : DataFrame
-        One row per candidate k: ``k``, ``silhouette``, ``calinski_harabasz``,
+        One row per candidate k: ``k``, ``fitted_on`` (customers the
+        candidate was fitted and scored on), ``silhouette``, ``calinski_harabasz``,
         ``davies_bouldin``, ``bic`` (mixtures), ``inertia`` (KMeans),
         ``min_share``, ``eligible`` (every segment at least
         ``min_segment_share``) and ``chosen``.
@@ -166,13 +172,21 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
         )
     transformer = build_transform(features, transform, n_samples=n)
     Z = np.asarray(transformer.fit_transform(X[features]), dtype=float)
+    # Candidates are fitted and scored on a fixed-seed sample when there are
+    # more customers than model.fit_sample; the chosen model then assigns everyone.
+    if model.fit_sample is not None and n > model.fit_sample:
+        rng = np.random.default_rng(model.random_state)
+        Z_fit = Z[np.sort(rng.choice(n, size=model.fit_sample, replace=False))]
+    else:
+        Z_fit = Z
     rows, fitted = [], {}
     for k in ks:
-        estimator = build_estimator(model, k).fit(Z)
-        labels = estimator.predict(Z)
-        shares = np.bincount(labels, minlength=k) / n
-        row = {"k": k, **score_partition(Z, labels, model.silhouette_sample, model.random_state)}
-        row["bic"] = float(estimator.bic(Z)) if isinstance(estimator, GaussianMixture) else np.nan
+        estimator = build_estimator(model, k).fit(Z_fit)
+        labels = estimator.predict(Z_fit)
+        shares = np.bincount(labels, minlength=k) / len(Z_fit)
+        row = {"k": k, "fitted_on": len(Z_fit), **score_partition(Z_fit, labels, model.silhouette_sample,
+                                                                  model.random_state)}
+        row["bic"] = float(estimator.bic(Z_fit)) if isinstance(estimator, GaussianMixture) else np.nan
         row["inertia"] = float(estimator.inertia_) if isinstance(estimator, KMeans) else np.nan
         row["min_share"] = float(shares.min())
         row["eligible"] = bool(shares.min() >= model.min_segment_share and shares.min() > 0
@@ -195,6 +209,8 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
     best_k = int(eligible.loc[scores.idxmax(), "k"])  # idxmax takes the first, i.e. the smallest k, on ties
     candidates["chosen"] = candidates["k"] == best_k
     estimator, labels = fitted[best_k]
+    if len(Z_fit) < n:
+        labels = _predict_in_chunks(estimator, Z)
     segment_model = SegmentModel(features=list(features), transform_=transformer, estimator_=estimator,
                                  order_=_canonical_order(labels, best_k, Z))
     return segment_model, candidates

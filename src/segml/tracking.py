@@ -133,7 +133,8 @@ def log_candidates(handle: RunHandle, candidates: pd.DataFrame, algorithm: str) 
         metrics["eligible"] = float(row.eligible)
         metrics["chosen"] = float(row.chosen)
         log_params_and_metrics(RunHandle(handle.uri, handle.experiment_id, child.info.run_id),
-                               {"k": str(row.k), "algorithm": algorithm}, metrics)
+                               {"k": str(row.k), "algorithm": algorithm, "fitted_on": str(row.fitted_on)},
+                               metrics)
         client.set_terminated(child.info.run_id, "FINISHED")
         child_ids.append(child.info.run_id)
     return child_ids
