@@ -1,9 +1,9 @@
 """The segmentation flow: purchases in, a reviewed and published segmentation out.
 
-Each step is a small task over a ``segml`` function. Only reading the source
-and publishing files retry (they touch I/O that can fail for a moment); a
-failed step fails the flow run with its message and marks the MLflow run
-failed, and nothing is published to the output folder.
+Each step is a small task over a ``segml`` function. Only the I/O steps
+(reading the source, reading the champion, publishing) retry, and only on
+errors that may pass; a failed step fails the flow run with its message,
+marks the MLflow run failed, and nothing is published.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from segml.segmentation import (
 )
 from segml.validation import REJECTION_REASONS, WINDOW_REASONS
 
+
 def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry condition signature
     """Retry I/O failures, never segml's own errors: a missing column stays missing on the next try."""
     try:
@@ -52,8 +53,6 @@ def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect
     except Exception:  # noqa: BLE001 - anything else (network, locks, disk) may pass
         return True
     return False
-
-
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
