@@ -25,6 +25,8 @@ from segml.errors import SegmlError
 from segml.identity import migrate
 from segml.outputs import write_results
 
+SCORE_CHUNK_ROWS = 100_000
+
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def load_champion_model(config: SegmlConfig) -> tuple[Any, tracking.Published]:
@@ -42,13 +44,21 @@ def load_champion_model(config: SegmlConfig) -> tuple[Any, tracking.Published]:
     return model, published
 
 
+def score_in_chunks(model: Any, features: pd.DataFrame, chunk: int = SCORE_CHUNK_ROWS) -> pd.DataFrame:
+    """The pyfunc model's output for every row of ``features``, ``chunk`` rows at a time."""
+    columns = model.metadata.get_input_schema().input_names()
+    parts = [model.predict(features[columns].iloc[start:start + chunk].reset_index(drop=True))
+             for start in range(0, len(features), chunk)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["segment_id", "segment_name", "segment_probability"])
+
+
 @task(cache_policy=NO_CACHE)
 def assign_customers(model: Any, published: tracking.Published, features: pd.DataFrame, as_of: dt.date,
                      run_id: str) -> pd.DataFrame:
     """Every customer's champion segment, with the previous published segment beside it."""
-    columns = model.metadata.get_input_schema().input_names()
     features = features.sort_index()
-    scored = model.predict(features[columns].reset_index(drop=True))
+    scored = score_in_chunks(model, features)
     table = features.reset_index()
     for column in ("segment_id", "segment_name", "segment_probability"):
         table[column] = scored[column].to_numpy()
