@@ -163,8 +163,7 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
     """Tables, plots and the PDF report of the run, rendered into a staging folder."""
     segments = identity.segments
     features = purchases.features.sort_index()
-    Z = model.transform(features)
-    figures = segmentation_figures(features, Z, scored.labels, segments, candidates, model.features,
+    figures = segmentation_figures(features, scored.space, scored.labels, segments, candidates, model.features,
                                    config.model.criterion, config.model.min_segment_share,
                                    config.naming.currency)
     r = purchases.report

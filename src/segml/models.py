@@ -94,14 +94,21 @@ class SegmentModel:
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Segment number of every row of ``X``."""
-        return self.order_[self.estimator_.predict(self.transform(X))]
+        return self.labels_of(self.transform(X))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Membership probability of every segment, columns in segment order.
 
         KMeans assigns hard segments, so its probabilities are 0 or 1.
         """
-        Z = self.transform(X)
+        return self.proba_of(self.transform(X))
+
+    def labels_of(self, Z: np.ndarray) -> np.ndarray:
+        """Segment numbers of rows already in the model's space (see :meth:`transform`)."""
+        return self.order_[self.estimator_.predict(Z)]
+
+    def proba_of(self, Z: np.ndarray) -> np.ndarray:
+        """Membership probabilities of rows already in the model's space."""
         if isinstance(self.estimator_, GaussianMixture):
             raw = self.estimator_.predict_proba(Z)
         else:

@@ -90,6 +90,7 @@ def fit_model(features: pd.DataFrame, config: SegmlConfig) -> tuple[SegmentModel
 class Quality:
     """Quality of a fitted segmentation on its customers."""
 
+    space: np.ndarray           # the customers (sorted by id) in the model's space
     labels: np.ndarray
     probability: np.ndarray
     homogeneity: pd.DataFrame
@@ -101,9 +102,9 @@ def assess_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.D
                    config: SegmlConfig) -> Quality:
     """Homogeneity, explained variance, silhouettes and stability of ``model`` on ``features``."""
     features = features.sort_index()
-    Z = model.transform(features)
-    labels = model.predict(features)
-    proba = model.predict_proba(features)
+    Z = model.transform(features)  # once: labels and probabilities both come from it
+    labels = model.labels_of(Z)
+    proba = model.proba_of(Z)
     k = model.n_segments
     homogeneity = quality.score_homogeneity(features[model.features], Z, labels, k)
     silhouettes = quality.segment_silhouettes(Z, labels, k, config.model.silhouette_sample,
@@ -129,7 +130,8 @@ def assess_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.D
     }
     if is_mixture:
         metrics["bic"] = float(chosen["bic"])
-    return Quality(labels=labels, probability=best, homogeneity=homogeneity, summary=summary, metrics=metrics)
+    return Quality(space=Z, labels=labels, probability=best, homogeneity=homogeneity, summary=summary,
+                   metrics=metrics)
 
 
 def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig) -> pd.DataFrame:
