@@ -37,6 +37,7 @@ import datetime as dt
 import duckdb
 import pandas as pd
 
+from segml.dialects import DUCKDB, Dialect
 from segml.validation import LINES
 
 FEATURE_UNITS: dict[str, str] = {
@@ -53,6 +54,45 @@ EXCLUSION_REASONS: dict[str, str] = {
 }
 
 
+def features_sql(as_of: dt.date, d: Dialect = DUCKDB) -> str:
+    """The per-customer query over ``purchase_lines``: one row per customer with its features and,
+    for a customer who is not segmented, the reason."""
+    as_of_sql = f"DATE '{as_of.isoformat()}'"
+    return f"""
+        WITH per_customer AS (
+            SELECT customer_id,
+                max(ts) FILTER (WHERE NOT is_return) AS last_purchase,
+                min(ts) FILTER (WHERE NOT is_return) AS first_purchase,
+                count(DISTINCT order_key) FILTER (WHERE NOT is_return) AS frequency,
+                -- Rounded to 1e-6 whatever the order in which the engine adds the lines,
+                -- so a fully cancelled order nets to exactly 0.
+                {d.exact_sum("amount")} AS monetary
+            FROM {LINES}
+            WHERE status = 'used'
+            GROUP BY customer_id
+        )
+        SELECT customer_id,
+            {d.days_between("CAST(last_purchase AS DATE)", as_of_sql)} AS recency_days,
+            frequency,
+            monetary,
+            {d.days_between("CAST(first_purchase AS DATE)", as_of_sql)} AS tenure_days,
+            CASE WHEN frequency > 0 THEN monetary / frequency END AS avg_order_value,
+            CASE WHEN frequency = 0 THEN 'no_purchases'
+                 WHEN monetary <= 0 THEN 'non_positive_spend' END AS reason
+        FROM per_customer
+    """
+
+
+def split_features(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(features, excluded)`` from the rows of :func:`features_sql` ordered by customer id."""
+    table = table.astype({"frequency": "int64", "monetary": "float64", "avg_order_value": "float64"})
+    keep = table["reason"].isna()
+    features = table.loc[keep].drop(columns="reason").set_index("customer_id")
+    features = features.astype({"recency_days": "int64", "tenure_days": "int64"})
+    excluded = table.loc[~keep].reset_index(drop=True)
+    return features, excluded
+
+
 def compute_features(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RFM features of every customer with used lines in ``purchase_lines``.
 
@@ -61,34 +101,4 @@ def compute_features(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd
     ``excluded`` lists the other customers with the same columns and a
     ``reason`` from :data:`EXCLUSION_REASONS`.
     """
-    as_of_sql = f"DATE '{as_of.isoformat()}'"
-    table = con.execute(f"""
-        WITH per_customer AS (
-            SELECT customer_id,
-                max(ts) FILTER (WHERE NOT is_return) AS last_purchase,
-                min(ts) FILTER (WHERE NOT is_return) AS first_purchase,
-                count(DISTINCT order_key) FILTER (WHERE NOT is_return) AS frequency,
-                -- Compensated sum, rounded to 1e-6, so a fully cancelled order nets to exactly 0
-                -- whatever the order in which the engine adds the lines.
-                round(fsum(amount), 6) AS monetary
-            FROM {LINES}
-            WHERE status = 'used'
-            GROUP BY customer_id
-        )
-        SELECT customer_id,
-            date_diff('day', CAST(last_purchase AS DATE), {as_of_sql}) AS recency_days,
-            frequency,
-            monetary,
-            date_diff('day', CAST(first_purchase AS DATE), {as_of_sql}) AS tenure_days,
-            CASE WHEN frequency > 0 THEN monetary / frequency END AS avg_order_value,
-            CASE WHEN frequency = 0 THEN 'no_purchases'
-                 WHEN monetary <= 0 THEN 'non_positive_spend' END AS reason
-        FROM per_customer
-        ORDER BY customer_id
-    """).df()
-    table = table.astype({"frequency": "int64", "monetary": "float64", "avg_order_value": "float64"})
-    keep = table["reason"].isna()
-    features = table.loc[keep].drop(columns="reason").set_index("customer_id")
-    features = features.astype({"recency_days": "int64", "tenure_days": "int64"})
-    excluded = table.loc[~keep].reset_index(drop=True)
-    return features, excluded
+    return split_features(con.execute(f"{features_sql(as_of)} ORDER BY customer_id").df())

@@ -19,7 +19,8 @@ import pandas as pd
 
 from segml.config import DataConfig, WindowConfig
 from segml.errors import InputDataError
-from segml.sources import RAW, column_types, line_number, quote
+from segml.dialects import DUCKDB, Dialect, sql_string
+from segml.sources import RAW, column_types, line_number
 
 log = logging.getLogger(__name__)
 
@@ -73,48 +74,48 @@ def _is_text(sql_type: str) -> bool:
     return sql_type.upper() in ("VARCHAR", "TEXT", "STRING") or sql_type.upper().startswith("VARCHAR")
 
 
-def _text(expr: str) -> str:
+def _text(expr: str, d: Dialect) -> str:
     """Trimmed text, NULL when empty."""
-    return f"NULLIF(trim(CAST({expr} AS VARCHAR)), '')"
+    return f"NULLIF(trim(CAST({expr} AS {d.text_type})), '')"
 
 
-def _number(expr: str, sql_type: str) -> str:
+def _number(expr: str, sql_type: str, d: Dialect) -> str:
     if _is_text(sql_type):
-        return f"TRY_CAST(replace({_text(expr)}, ',', '') AS DOUBLE)"
+        return f"TRY_CAST(replace({_text(expr, d)}, ',', '') AS DOUBLE)"
     return f"TRY_CAST({expr} AS DOUBLE)"
 
 
-def _timestamp(expr: str, sql_type: str, fmt: str | None) -> str:
+def _timestamp(expr: str, sql_type: str, fmt: str | None, d: Dialect) -> str:
     upper = sql_type.upper()
-    if upper.startswith("TIMESTAMP") and "TIME ZONE" in upper:
-        return f"CAST(timezone('UTC', {expr}) AS TIMESTAMP)"
+    zoned = upper.startswith("TIMESTAMP") and "TIME ZONE" in upper
     if upper.startswith("TIMESTAMP") or upper == "DATE":
-        return f"CAST({expr} AS TIMESTAMP)"
-    if fmt:
-        return f"try_strptime({_text(expr)}, '{fmt.replace(chr(39), chr(39) * 2)}')"
-    return f"TRY_CAST({_text(expr)} AS TIMESTAMP)"
+        return d.to_timestamp(expr, zoned)
+    return d.parse_timestamp(_text(expr, d), fmt)
 
 
-def _customer_id(expr: str, sql_type: str) -> str:
+def _customer_id(expr: str, sql_type: str, d: Dialect) -> str:
     upper = sql_type.upper()
     if upper in ("DOUBLE", "FLOAT", "REAL") or upper.startswith("DECIMAL"):
         # Ids stored as floats (17850.0) are whole numbers written without the fraction.
         return (f"CASE WHEN {expr} = floor({expr}) AND abs({expr}) < 1e15 "
-                f"THEN CAST(CAST({expr} AS BIGINT) AS VARCHAR) ELSE CAST({expr} AS VARCHAR) END")
-    return _text(expr)
+                f"THEN CAST(CAST({expr} AS BIGINT) AS {d.text_type}) ELSE CAST({expr} AS {d.text_type}) END")
+    return _text(expr, d)
 
 
-def _build_sql(data: DataConfig, types: dict[str, str], line: str = "row_number() OVER ()") -> str:
+def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_number() OVER ()",
+                 d: Dialect = DUCKDB) -> str:
+    """The query that classifies every line of ``raw_purchases`` (the staged table, one row per line)."""
     cols = data.columns
+    quote = d.ident
     cid = quote(cols.customer_id)
     ts_col = quote(cols.timestamp)
     all_columns = ", ".join(quote(c) for c in types)
 
     if cols.amount is not None:
         amount_raw = quote(cols.amount)
-        value = _number(amount_raw, types[cols.amount])
-        missing_amount = f"{_text(amount_raw)} IS NULL"
-        bad_number = f"({value} IS NULL OR NOT isfinite({value}))"
+        value = _number(amount_raw, types[cols.amount], d)
+        missing_amount = f"{_text(amount_raw, d)} IS NULL"
+        bad_number = f"({value} IS NULL OR NOT {d.is_finite(value)})"
         zero_price = f"{value} = 0"
         negative_price = "false"
         zero_quantity = "false"
@@ -122,29 +123,32 @@ def _build_sql(data: DataConfig, types: dict[str, str], line: str = "row_number(
         magnitude = f"abs({value})"
     else:
         q_raw, p_raw = quote(cols.quantity or ""), quote(cols.unit_price or "")
-        qty = _number(q_raw, types[cols.quantity or ""])
-        price = _number(p_raw, types[cols.unit_price or ""])
-        missing_amount = f"({_text(q_raw)} IS NULL OR {_text(p_raw)} IS NULL)"
-        bad_number = f"({qty} IS NULL OR {price} IS NULL OR NOT isfinite({qty}) OR NOT isfinite({price}))"
+        qty = _number(q_raw, types[cols.quantity or ""], d)
+        price = _number(p_raw, types[cols.unit_price or ""], d)
+        missing_amount = f"({_text(q_raw, d)} IS NULL OR {_text(p_raw, d)} IS NULL)"
+        bad_number = (f"({qty} IS NULL OR {price} IS NULL OR NOT {d.is_finite(qty)} "
+                      f"OR NOT {d.is_finite(price)})")
         zero_price = f"{price} = 0"
         negative_price = f"{price} < 0"
         zero_quantity = f"{qty} = 0"
         negative = f"{qty} < 0"
         magnitude = f"abs({qty} * {price})"
 
+    day = f"CAST(CAST(__ts AS DATE) AS {d.text_type})"  # orders are purchase days without an order column
     if cols.order_id is not None:
-        order_text = _text(quote(cols.order_id))
-        order_key = f"COALESCE({order_text}, strftime(__ts, '%Y-%m-%d'))"
+        order_text = _text(quote(cols.order_id), d)
+        order_key = f"COALESCE({order_text}, {day})"
     else:
         order_text = "NULL"
-        order_key = "strftime(__ts, '%Y-%m-%d')"
+        order_key = day
     prefix = data.returns.cancel_prefix
-    cancelled = f"starts_with({order_text}, '{prefix.replace(chr(39), chr(39) * 2)}')" if prefix and cols.order_id else "false"
+    cancelled = (f"substring({order_text}, 1, {len(prefix)}) = {sql_string(prefix)}"
+                 if prefix and cols.order_id else "false")
     exclude_returns = "true" if data.returns.policy == "exclude" else "false"
 
     reasons = [
         ("missing_customer_id", "__cid IS NULL"),
-        ("missing_timestamp", f"{_text(ts_col)} IS NULL"),
+        ("missing_timestamp", f"{_text(ts_col, d)} IS NULL"),
         ("unparseable_timestamp", "__ts IS NULL"),
         ("missing_amount", missing_amount),
         ("non_numeric_amount", bad_number),
@@ -161,27 +165,27 @@ def _build_sql(data: DataConfig, types: dict[str, str], line: str = "row_number(
     # collision never makes a false duplicate) and numbered in line order.
     same_as_first = " AND ".join(f"{c} IS NOT DISTINCT FROM first_value({c}) OVER same_hash" for c in
                                  [quote(name) for name in types])
-    raw_struct = "struct_pack(" + ", ".join(f"{quote(name)} := {quote(name)}" for name in types) + ")"
+    raw_struct = d.struct(list(types))
     # A source without its own line numbers (CSV) is numbered once and kept;
     # one with them (Parquet, loaded tables) is cheaper to scan again.
-    materialized = "MATERIALIZED" if line.startswith("row_number()") else "NOT MATERIALIZED"
+    materialized = d.materialized(line.startswith("row_number()"))
     # Computed columns carry a double-underscore prefix so they never collide
     # with the source's own names (a source may well have "customer_id").
     # Only the slim columns are kept, plus the source's own values for the
     # (usually few) rejected lines.
     return f"""
         WITH numbered AS {materialized} (
-            SELECT {all_columns}, {line} AS __line, hash({all_columns}) AS __hash FROM {RAW}
+            SELECT {all_columns}, {line} AS __line, {d.hash(all_columns)} AS __hash FROM {RAW}
         ), repeated AS (
             SELECT __hash FROM numbered GROUP BY __hash HAVING count(*) > 1
         ), copies AS (
             SELECT __line, (row_number() OVER same_hash > 1 AND {same_as_first}) AS __duplicate
-            FROM numbered SEMI JOIN repeated USING (__hash)
+            FROM numbered WHERE __hash IN (SELECT __hash FROM repeated)
             WINDOW same_hash AS (PARTITION BY __hash ORDER BY __line)
         ), parsed AS (
             SELECT numbered.*,
-                {_customer_id(cid, types[cols.customer_id])} AS __cid,
-                {_timestamp(ts_col, types[cols.timestamp], data.timestamp_format)} AS __ts,
+                {_customer_id(cid, types[cols.customer_id], d)} AS __cid,
+                {_timestamp(ts_col, types[cols.timestamp], data.timestamp_format, d)} AS __ts,
                 COALESCE(copies.__duplicate, false) AS __duplicate,
                 ({negative}) OR COALESCE({cancelled}, false) AS __ret
             FROM numbered LEFT JOIN copies USING (__line)
@@ -197,46 +201,48 @@ def _build_sql(data: DataConfig, types: dict[str, str], line: str = "row_number(
     """
 
 
-def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: WindowConfig) -> ContractReport:
-    """Classify every line of ``raw_purchases`` and fix the as-of window.
-
-    Creates the table ``purchase_lines`` (columns ``line``, ``customer_id``,
-    ``ts``, ``order_key``, ``amount``, ``is_return``, ``status``, ``reason``)
-    and returns the counts, which always add up to the lines read.
-    """
-    types = column_types(con)
-    staged = _build_sql(data, types, line_number(con))
-    con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS {staged}")
+def window_of(window: WindowConfig, last_valid: dt.datetime | None) -> tuple[dt.date, dt.date | None]:
+    """The as-of date and window start: ``window.as_of``, else the day after the last valid purchase."""
     as_of = window.as_of
     if as_of is None:
-        last = con.execute(f"SELECT max(__ts) FROM {STAGED} WHERE __reason IS NULL").fetchone()[0]
-        if last is None:
-            as_of = dt.date.today()
-        else:
-            as_of = last.date() + dt.timedelta(days=1)
+        as_of = dt.date.today() if last_valid is None else last_valid.date() + dt.timedelta(days=1)
     window_start = as_of - dt.timedelta(days=window.lookback_days) if window.lookback_days else None
-    start_sql = f"TIMESTAMP '{window_start.isoformat()}'" if window_start else "NULL"
-    con.execute(f"""
-        CREATE OR REPLACE VIEW {LINES} AS
+    return as_of, window_start
+
+
+def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB) -> str:
+    """The ``purchase_lines`` view over the staged table: status and reason as of ``as_of``."""
+    start_sql = d.timestamp_literal(window_start.isoformat()) if window_start else "NULL"
+    as_of_sql = d.timestamp_literal(as_of.isoformat())
+    return f"""
         SELECT __line AS line, __cid AS customer_id, __ts AS ts, __order AS order_key,
             __amount AS amount, __ret AS is_return,
             CASE WHEN __reason IS NOT NULL THEN 'rejected'
-                 WHEN __ts >= TIMESTAMP '{as_of.isoformat()}' THEN 'outside_window'
+                 WHEN __ts >= {as_of_sql} THEN 'outside_window'
                  WHEN __ts < {start_sql} THEN 'outside_window'
                  ELSE 'used' END AS status,
             CASE WHEN __reason IS NOT NULL THEN __reason
-                 WHEN __ts >= TIMESTAMP '{as_of.isoformat()}' THEN 'after_as_of'
+                 WHEN __ts >= {as_of_sql} THEN 'after_as_of'
                  WHEN __ts < {start_sql} THEN 'before_window' END AS reason
         FROM {STAGED}
-    """)
-    con.execute(f"""
-        CREATE OR REPLACE VIEW {REJECTED} AS
-        SELECT __line AS line, __reason AS reason, unnest(__raw)
-        FROM {STAGED} WHERE __reason IS NOT NULL
-    """)
+    """
 
-    rows_read = con.execute(f"SELECT count(*) FROM {RAW}").fetchone()[0]
-    counts = con.execute(f"SELECT status, reason, count(*) FROM {LINES} GROUP BY ALL ORDER BY ALL").fetchall()
+
+def rejected_sql(d: Dialect = DUCKDB) -> str:
+    """The ``rejected_lines`` view: line number, reason and the source's own columns."""
+    return f"SELECT __line AS line, __reason AS reason, {d.unpack('__raw')} FROM {STAGED} WHERE __reason IS NOT NULL"
+
+
+#: The time of the last valid line, for the default as-of date.
+LAST_VALID_SQL = f"SELECT max(__ts) FROM {STAGED} WHERE __reason IS NULL"
+
+#: Lines per status and reason, from ``purchase_lines``.
+COUNTS_SQL = f"SELECT status, reason, count(*) AS n FROM {LINES} GROUP BY status, reason"
+
+
+def build_report(rows_read: int, counts: list[tuple[str, str | None, int]], as_of: dt.date,
+                 window_start: dt.date | None) -> ContractReport:
+    """The contract's accounting from the counts per status and reason; fails when nothing is usable."""
     rejected = {r: n for s, r, n in counts if s == "rejected"}
     outside = {r: n for s, r, n in counts if s == "outside_window"}
     used = sum(n for s, _, n in counts if s == "used")
@@ -261,6 +267,23 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
             "check data.columns, data.timestamp_format and window.as_of in the configuration"
         )
     return report
+
+
+def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: WindowConfig) -> ContractReport:
+    """Classify every line of ``raw_purchases`` and fix the as-of window.
+
+    Creates the view ``purchase_lines`` (columns ``line``, ``customer_id``,
+    ``ts``, ``order_key``, ``amount``, ``is_return``, ``status``, ``reason``)
+    and returns the counts, which always add up to the lines read.
+    """
+    staged = contract_sql(data, column_types(con), line_number(con))
+    con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS {staged}")
+    last = (con.execute(LAST_VALID_SQL).fetchone()[0] if window.as_of is None else None)
+    as_of, window_start = window_of(window, last)
+    con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start)}")
+    con.execute(f"CREATE OR REPLACE VIEW {REJECTED} AS {rejected_sql()}")
+    rows_read = con.execute(f"SELECT count(*) FROM {RAW}").fetchone()[0]
+    return build_report(rows_read, con.execute(COUNTS_SQL).fetchall(), as_of, window_start)
 
 
 def rejected_lines(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> pd.DataFrame:
