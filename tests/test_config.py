@@ -37,7 +37,7 @@ def _with(path: str, value):
 _DELETE = object()
 
 BAD_CONFIGS = [
-    (_with("modle", {}), r"modle: unknown key; allowed keys here are \['data', 'duckdb', 'features'"),
+    (_with("modle", {}), r"modle: unknown key; allowed keys here are \['data', 'duckdb', 'engine', 'features'"),
     (_with("model.algo", "kmeans"), r"model.algo: unknown key; allowed keys here are \['algorithm'"),
     (_with("model.algorithm", "dbscan"), r"model.algorithm: Input should be 'kmeans' or 'gmm' \(got 'dbscan'\)"),
     (_with("model.n_clusters", 1), r"model.n_clusters: Input should be greater than or equal to 2 \(got 1\)"),

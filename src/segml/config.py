@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from segml.contract import CRM_COLUMNS
+from segml.dialects import java_datetime_pattern
 from segml.errors import ConfigError
 
 Feature = Literal["recency_days", "frequency", "monetary", "tenure_days", "avg_order_value"]
@@ -284,6 +292,26 @@ class DuckDBConfig(_Strict):
     temp_directory: str | None = None
 
 
+class SparkConfig(_Strict):
+    """Where Spark runs when ``engine: spark``.
+
+    ``master`` is a Spark master URL: ``local[*]`` (this machine, every core),
+    ``spark://host:7077``, ``yarn`` or ``k8s://...``. ``remote`` is a Spark
+    Connect URL (``sc://host:15002``) and wins over ``master``. ``conf`` holds
+    any Spark setting (``spark.executor.memory: 8g``). ``jdbc_jars`` are JDBC
+    driver jars for reading or writing database tables; the PostgreSQL driver
+    of the operating system's package (``/usr/share/java/postgresql.jar``) is
+    used when none is given and it exists.
+    """
+
+    master: str = "local[*]"
+    remote: str | None = Field(None, pattern=r"^sc://")
+    app_name: str = "segml"
+    conf: dict[str, str] = {}
+    jdbc_jars: list[str] = []
+    partitions: int | None = Field(None, ge=1)
+
+
 class SegmlConfig(_Strict):
     """A whole segml configuration."""
 
@@ -302,11 +330,23 @@ class SegmlConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     publish: PublishConfig = PublishConfig()
     duckdb: DuckDBConfig = DuckDBConfig()
+    #: ``duckdb`` (embedded, one machine) or ``spark`` (reading, contract and features on Spark).
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark: SparkConfig = SparkConfig()
 
     @model_validator(mode="after")
     def _stability_gate_needs_resamples(self) -> SegmlConfig:
         if self.gates.min_stability is not None and self.quality.stability_resamples == 0:
             raise ValueError("gates.min_stability needs quality.stability_resamples > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _spark_reads_the_timestamp_format(self) -> SegmlConfig:
+        if self.engine == "spark" and self.data.timestamp_format:
+            try:
+                java_datetime_pattern(self.data.timestamp_format)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     @property

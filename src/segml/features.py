@@ -89,7 +89,9 @@ def split_features(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     keep = table["reason"].isna()
     features = table.loc[keep].drop(columns="reason").set_index("customer_id")
     features = features.astype({"recency_days": "int64", "tenure_days": "int64"})
-    excluded = table.loc[~keep].reset_index(drop=True)
+    # A customer with only returns has no purchase dates: nullable whole days.
+    excluded = table.loc[~keep].reset_index(drop=True).astype(
+        {"customer_id": "str", "recency_days": "Int64", "tenure_days": "Int64", "reason": "str"})
     return features, excluded
 
 

@@ -59,8 +59,14 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
                       con: duckdb.DuckDBPyConnection | None = None) -> Purchases:
     """Read the configured source (or ``frame``), apply the data contract and compute features.
 
-    ``as_of`` overrides ``window.as_of`` from the configuration.
+    ``as_of`` overrides ``window.as_of`` from the configuration. With
+    ``engine: spark`` the same steps run on Spark (:mod:`segml.spark_engine`)
+    and the features are gathered to this process.
     """
+    if config.engine == "spark" and con is None:
+        from segml import spark_engine
+
+        return spark_engine.prepare_purchases(config, as_of=as_of, config_name=config_name, frame=frame)
     own = con is None
     con = con or connect(config.duckdb.memory_limit, config.duckdb.threads, config.duckdb.temp_directory)
     try:

@@ -18,8 +18,8 @@ import duckdb
 import pandas as pd
 
 from segml.config import DataConfig, WindowConfig
-from segml.errors import InputDataError
 from segml.dialects import DUCKDB, Dialect, sql_string
+from segml.errors import InputDataError
 from segml.sources import RAW, column_types, line_number
 
 log = logging.getLogger(__name__)

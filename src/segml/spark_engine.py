@@ -1,0 +1,349 @@
+"""The heavy steps on Spark, for purchases that outgrow one machine (``engine: spark``).
+
+Spark runs the same SQL as DuckDB (:mod:`segml.dialects`): the source becomes
+the temporary view ``raw_purchases`` with a line number per line, the data
+contract stages every line with its reason, and the features are one
+aggregation per customer. The model is still chosen and fitted with
+scikit-learn on the driver; :func:`assign_segments` ships the fitted model to
+the executors (a pandas function over Arrow batches) to assign every customer,
+:func:`segment_statistics` computes the homogeneity statistics as Spark
+aggregations, and :func:`write_assignments` writes the table as Parquet and
+over JDBC.
+
+PySpark is an optional extra: ``pip install 'segml[spark]'`` (and Java 17).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from segml.config import DataConfig, SegmlConfig, SparkConfig, WindowConfig
+from segml.dialects import SPARK, backquote
+from segml.errors import InputDataError, SegmlError
+from segml.features import features_sql, split_features
+from segml.models import SegmentModel
+from segml.sources import LINE, RAW, check_columns
+from segml.validation import (
+    COUNTS_SQL,
+    LAST_VALID_SQL,
+    LINES,
+    REJECTED,
+    STAGED,
+    ContractReport,
+    build_report,
+    contract_sql,
+    lines_sql,
+    rejected_sql,
+    window_of,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+#: The PostgreSQL JDBC driver of Debian's and Ubuntu's package ``libpostgresql-jdbc-java``.
+SYSTEM_POSTGRES_JAR = Path("/usr/share/java/postgresql.jar")
+
+
+def _require_pyspark() -> None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise SegmlError("engine: spark needs PySpark: pip install 'segml[spark]' (and Java 17 or newer)") from None
+
+
+def jdbc_jars(config: SparkConfig) -> list[str]:
+    """The JDBC driver jars to put on Spark's class path."""
+    if config.jdbc_jars:
+        return config.jdbc_jars
+    return [str(SYSTEM_POSTGRES_JAR)] if SYSTEM_POSTGRES_JAR.exists() else []
+
+
+def session(config: SparkConfig) -> SparkSession:
+    """The Spark session of ``config``: Spark Connect when ``remote`` is set, else ``master``.
+
+    Timestamps are read and compared in UTC, like DuckDB; a local session runs
+    its Python workers with this interpreter.
+    """
+    _require_pyspark()
+    from pyspark.sql import SparkSession
+
+    if config.remote:
+        builder = SparkSession.builder.remote(config.remote)
+    else:
+        builder = SparkSession.builder.master(config.master)
+        if config.master.startswith("local"):
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            builder = builder.config("spark.ui.enabled", "false")
+        jars = jdbc_jars(config)
+        if jars:
+            builder = builder.config("spark.jars", ",".join(jars))
+    builder = (builder.appName(config.app_name)
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+    if config.partitions:
+        builder = builder.config("spark.sql.shuffle.partitions", str(config.partitions))
+    for key, value in config.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    return spark
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def jdbc_options(url: str) -> dict[str, str]:
+    """JDBC options (url, user, password, driver) for a SQLAlchemy database URL."""
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if backend != "postgresql":
+        raise SegmlError(f"engine: spark reads and writes database tables over JDBC for PostgreSQL only, "
+                         f"got a {backend} URL; use the duckdb engine or a PostgreSQL database")
+    options = {"url": f"jdbc:postgresql://{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database}",
+               "driver": "org.postgresql.Driver"}
+    if parsed.username:
+        options["user"] = parsed.username
+    if parsed.password:
+        options["password"] = parsed.password
+    return options
+
+
+def _with_line_numbers(frame: DataFrame) -> DataFrame:
+    """Number the lines 1, 2, ... in the order of the source (file by file, then row by row)."""
+    from pyspark.sql.types import LongType, StructField, StructType
+
+    indexed = frame.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1] + 1))
+    schema = StructType([*frame.schema.fields, StructField(LINE, LongType(), False)])
+    return frame.sparkSession.createDataFrame(indexed, schema)
+
+
+def _parquet_with_line_numbers(spark: SparkSession, path: str) -> DataFrame:
+    """Parquet's own row positions, offset by the rows of the files before (no shuffle of the lines)."""
+    from pyspark.sql import functions as F
+
+    frame = spark.read.parquet(path)
+    columns = [backquote(c) for c in frame.columns]
+    located = frame.select(*columns, F.col("_metadata.file_path").alias("__file"),
+                           F.col("_metadata.row_index").alias("__row"))
+    sizes = located.groupBy("__file").count().orderBy("__file").collect()
+    offsets, total = [], 0
+    for row in sizes:
+        offsets.append((row["__file"], total))
+        total += row["count"]
+    offset_frame = spark.createDataFrame(offsets, "__file string, __offset long")
+    return (located.join(F.broadcast(offset_frame), "__file")
+            .select(*columns, (F.col("__offset") + F.col("__row") + 1).alias(LINE)))
+
+
+def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "the configuration") -> list[str]:
+    """Make the configured source the temporary view ``raw_purchases``; returns its columns.
+
+    Files are read as they are (CSV as text, like DuckDB); a database table or
+    query is read over JDBC.
+    """
+    from pyspark.errors import PySparkException
+
+    from segml.sources import _file_format
+
+    try:
+        if data.url is not None:
+            reader = spark.read.format("jdbc").options(**jdbc_options(data.url))
+            reader = reader.option("dbtable", data.table) if data.table else reader.option("query", data.query)
+            frame = _with_line_numbers(reader.load())
+        else:
+            path = Path(data.path or "")
+            if not path.exists():
+                raise InputDataError(f"purchase file {str(path)!r} not found; check data.path in the configuration")
+            if _file_format(data) == "parquet":
+                frame = _parquet_with_line_numbers(spark, str(path))
+            else:
+                csv = data.csv
+                frame = _with_line_numbers(spark.read.csv(
+                    str(path), header=csv.header, sep=csv.delimiter, quote=csv.quote, escape=csv.quote,
+                    encoding=csv.encoding, inferSchema=False, mode="PERMISSIVE"))
+    except PySparkException as exc:
+        where = data.table or data.query or data.path
+        raise InputDataError(f"Spark cannot read {where!r}: {str(exc).splitlines()[0]}") from None
+    frame.createOrReplaceTempView(RAW)
+    columns = [c for c in frame.columns if c != LINE]
+    check_columns(columns, data.columns, config_name)
+    return columns
+
+
+def register_frame(spark: SparkSession, frame: pd.DataFrame) -> None:
+    """Use an in-memory frame of purchase lines (every column as text) as ``raw_purchases``."""
+    numbered = frame.astype(object).where(frame.notna(), None).assign(**{LINE: np.arange(1, len(frame) + 1)})
+    spark.createDataFrame(numbered.astype({c: object for c in frame.columns})).createOrReplaceTempView(RAW)
+
+
+def column_types(spark: SparkSession) -> dict[str, str]:
+    """The source's own columns and their Spark SQL types."""
+    return {name: kind for name, kind in spark.table(RAW).dtypes if name != LINE}
+
+
+# --- the data contract and the features ------------------------------------------------------------
+
+
+def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig) -> ContractReport:
+    """The data contract on Spark: the views ``purchase_lines`` and ``rejected_lines``, and the counts.
+
+    The staged lines are cached, so the counts, the features and the rejected
+    lines read the source once.
+    """
+    staged = spark.sql(contract_sql(data, column_types(spark), LINE, SPARK)).persist()
+    staged.createOrReplaceTempView(STAGED)
+    last = spark.sql(LAST_VALID_SQL).first()[0] if window.as_of is None else None
+    as_of, window_start = window_of(window, last)
+    spark.sql(lines_sql(as_of, window_start, SPARK)).createOrReplaceTempView(LINES)
+    spark.sql(rejected_sql(SPARK)).createOrReplaceTempView(REJECTED)
+    counts = [(r["status"], r["reason"], int(r["n"])) for r in spark.sql(COUNTS_SQL).collect()]
+    return build_report(spark.table(RAW).count(), counts, as_of, window_start)
+
+
+def compute_features(spark: SparkSession, as_of: dt.date) -> DataFrame:
+    """Every customer's features (and the reason when not segmented) as a Spark DataFrame."""
+    return spark.sql(features_sql(as_of, SPARK))
+
+
+def collect_features(features: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(features, excluded)`` on the driver, as :func:`segml.features.compute_features` gives them."""
+    return split_features(features.orderBy("customer_id").toPandas())
+
+
+def rejected_lines(spark: SparkSession) -> pd.DataFrame:
+    """The rejected lines with every source column, their line number and reason."""
+    return spark.table(REJECTED).orderBy("line").toPandas()
+
+
+def fingerprint(spark: SparkSession) -> str:
+    """Row count and an order-independent sum of row hashes of ``raw_purchases`` (Spark's own hash)."""
+    columns = ", ".join(backquote(c) for c in column_types(spark))
+    rows, total = spark.sql(f"SELECT count(*), sum(CAST(xxhash64({columns}) AS DECIMAL(38, 0))) FROM {RAW}").first()
+    return f"{rows}:{int(total or 0) % 2**64:016x}"
+
+
+def prepare_purchases(config: SegmlConfig, as_of: dt.date | None = None, config_name: str = "the configuration",
+                      spark: SparkSession | None = None, frame: pd.DataFrame | None = None):
+    """:func:`segml.segmentation.prepare_purchases` on Spark: the same :class:`Purchases`."""
+    from segml.segmentation import Purchases
+
+    spark = spark or session(config.spark)
+    if frame is not None:
+        register_frame(spark, frame)
+        check_columns(list(frame.columns), config.data.columns, config_name)
+    else:
+        read_purchases(spark, config.data, config_name)
+    window = config.window if as_of is None else WindowConfig(as_of=as_of, lookback_days=config.window.lookback_days)
+    try:
+        report = classify_lines(spark, config.data, window)
+        features, excluded = collect_features(compute_features(spark, report.as_of))
+        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(spark),
+                         fingerprint=fingerprint(spark))
+    finally:
+        if spark.catalog.tableExists(STAGED):
+            spark.catalog.uncacheTable(STAGED)
+
+
+# --- assigning every customer on the executors --------------------------------------------------
+
+
+def assign_segments(features: DataFrame, model: SegmentModel, segments: pd.DataFrame,
+                    with_model_space: bool = False) -> DataFrame:
+    """Every customer of ``features`` (a Spark DataFrame of :func:`compute_features` rows to
+    segment) with its segment id, name and probability, computed on the executors.
+
+    ``segments`` maps the model's segment numbers to ids and names (columns
+    ``segment``, ``segment_id``, ``segment_name``). With ``with_model_space``
+    the customers' coordinates in the model's space are added as
+    ``z_<feature>`` (for :func:`segment_statistics`).
+    """
+    from pyspark.sql.types import (
+        DoubleType,
+        IntegerType,
+        StringType,
+        StructField,
+        StructType,
+    )
+
+    ids = segments.set_index("segment")["segment_id"].reindex(range(model.n_segments)).to_numpy()
+    names = segments.set_index("segment")["segment_name"].reindex(range(model.n_segments)).to_numpy()
+    kept = [f for f in features.schema.fields if f.name != "reason"]
+    extra = [StructField("segment", IntegerType(), False), StructField("segment_id", StringType(), False),
+             StructField("segment_name", StringType(), False), StructField("segment_probability", DoubleType(), False)]
+    if with_model_space:
+        extra += [StructField(f"z_{f}", DoubleType(), False) for f in model.features]
+    schema = StructType([*kept, *extra])
+
+    def assign(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            batch = batch.drop(columns="reason", errors="ignore")
+            Z = model.transform(batch)
+            labels = model.labels_of(Z)
+            batch["segment"] = labels.astype("int32")
+            batch["segment_id"] = ids[labels]
+            batch["segment_name"] = names[labels]
+            batch["segment_probability"] = model.proba_of(Z).max(axis=1)
+            if with_model_space:
+                for i, feature in enumerate(model.features):
+                    batch[f"z_{feature}"] = Z[:, i]
+            yield batch
+
+    to_segment = features.where("reason IS NULL") if "reason" in features.columns else features
+    return to_segment.mapInPandas(assign, schema)
+
+
+def segment_statistics(assigned: DataFrame, features: list[str], n_segments: int) -> pd.DataFrame:
+    """Per segment and feature the within and population standard deviations and their ratios,
+    in original units and the model's space, as Spark aggregations: the same table as
+    :func:`segml.quality.score_homogeneity`.
+
+    ``assigned`` comes from :func:`assign_segments` with ``with_model_space``.
+    """
+    from pyspark.sql import functions as F
+
+    columns = [*features, *(f"z_{f}" for f in features)]
+    stats = [F.stddev_pop(F.col(c).cast("double")).alias(c) for c in columns]
+    within = {int(r["segment"]): r for r in assigned.groupBy("segment").agg(*stats).collect()}
+    population = assigned.agg(*stats).first()
+    rows = []
+    for s in range(n_segments):
+        for f in features:
+            row = {"segment": s, "feature": f}
+            for column, prefix in ((f, ""), (f"z_{f}", "_model")):
+                spread = float(within[s][column] or 0.0) if s in within else 0.0
+                overall = float(population[column] or 0.0)
+                row[f"std_within{prefix}"] = spread
+                row[f"std_population{prefix}"] = overall
+                row[f"ratio{prefix}"] = spread / overall if overall > 0 else 0.0
+            rows.append(row)
+    order = ["segment", "feature", "std_within", "std_population", "ratio", "std_within_model",
+             "std_population_model", "ratio_model"]
+    return pd.DataFrame(rows)[order]
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def write_assignments(assigned: DataFrame, path: str | Path | None = None, url: str | None = None,
+                      table: str | None = None, mode: str = "overwrite") -> None:
+    """Write an assignment table as Parquet (a folder of part files) and/or to a database table over JDBC."""
+    if path is not None:
+        assigned.write.mode(mode).parquet(str(path))
+    if url is not None:
+        if not table:
+            raise SegmlError("a JDBC write needs a table name")
+        writer = assigned.write.format("jdbc").options(**jdbc_options(url)).option("dbtable", table)
+        writer.option("batchsize", "10000").mode(mode).save()

@@ -1,0 +1,185 @@
+"""The Spark engine against the DuckDB engine: the same contract, features and assignments.
+
+Runs Spark in local mode; skips with the reason when PySpark or Java is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import HAND_FEATURES, hand_config, hand_frame
+
+from segml.config import load_config, parse_config
+from segml.dialects import java_datetime_pattern
+from segml.errors import ConfigError
+from segml.quality import score_homogeneity
+from segml.segmentation import fit_model, prepare_purchases
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pyspark = pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'segml[spark]')")
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java runtime: Spark needs Java 17 (java not on PATH, JAVA_HOME unset)")
+    from segml.config import SparkConfig
+    from segml.spark_engine import session
+
+    spark = session(SparkConfig(master="local[2]", partitions=4))
+    spark.sparkContext.setLogLevel("ERROR")
+    assert pyspark.__version__
+    yield spark
+
+
+def spark_twin(config):
+    return config.model_copy(update={"engine": "spark"})
+
+
+def assert_same_purchases(on_spark, on_duckdb):
+    assert on_spark.report == on_duckdb.report
+    pd.testing.assert_frame_equal(on_spark.features, on_duckdb.features)
+    pd.testing.assert_frame_equal(on_spark.excluded, on_duckdb.excluded)
+    assert on_spark.rejected["line"].tolist() == on_duckdb.rejected["line"].tolist()
+    assert on_spark.rejected["reason"].tolist() == on_duckdb.rejected["reason"].tolist()
+
+
+@pytest.mark.parametrize("strptime, java", [
+    ("%Y-%m-%d %H:%M:%S", "yyyy-M-d H:m:s"),
+    ("%m/%d/%y %H:%M", "M/d/yy H:m"),
+    ("%Y%m%d", "yyyyMMd"),
+    ("%d.%m.%Y at %H", "d.M.yyyy' at 'H"),
+])
+def test_strptime_formats_translate_to_spark_patterns(strptime, java):
+    assert java_datetime_pattern(strptime) == java
+
+
+def test_a_format_spark_cannot_parse_is_a_config_error():
+    raw = {"engine": "spark", "data": {"path": "x.csv", "timestamp_format": "%Y-%W",
+                                       "columns": {"customer_id": "c", "timestamp": "t", "amount": "a"}}}
+    with pytest.raises(ConfigError, match="%W has no Spark equivalent"):
+        parse_config(raw)
+
+
+def test_hand_worked_lines_give_the_same_answer_on_both_engines(spark):
+    config = hand_config()
+    on_spark = prepare_purchases(spark_twin(config), frame=hand_frame())
+    on_duckdb = prepare_purchases(config, frame=hand_frame())
+    assert_same_purchases(on_spark, on_duckdb)
+    pd.testing.assert_frame_equal(on_spark.features, HAND_FEATURES, check_dtype=False)
+    assert on_spark.report.rejected_by_reason["duplicate_line"] == 1
+    # The rejected line keeps its own values.
+    assert on_spark.rejected.set_index("reason").loc["non_numeric_amount", "price"] == "abc"
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory):
+    from segml.sample import write_sample
+
+    folder = tmp_path_factory.mktemp("spark-sample")
+    config_path = write_sample(folder, n_customers=1500, seed=3)
+    csv = folder / "data" / "sample_purchases.csv"
+    # The same lines as Parquet, in two files (a folder), to check line numbers across files.
+    lines = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    parquet = folder / "data" / "parquet"
+    parquet.mkdir()
+    half = len(lines) // 2
+    lines.iloc[:half].to_parquet(parquet / "part-0.parquet", index=False)
+    lines.iloc[half:].to_parquet(parquet / "part-1.parquet", index=False)
+    return config_path, parquet
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet folder"])
+def test_generated_purchases_give_identical_contract_and_features(spark, sample_files, source):
+    config_path, parquet = sample_files
+    # A look-back window, so that lines fall outside it too.
+    reference = load_config(config_path)
+    reference = reference.model_copy(update={"window": reference.window.model_copy(update={"lookback_days": 300})})
+    config = reference
+    if source != "csv":
+        config = config.model_copy(update={"data": config.data.model_copy(
+            update={"path": str(parquet), "format": "parquet"})})
+    on_duckdb = prepare_purchases(reference)  # the CSV through DuckDB is the reference
+    on_spark = prepare_purchases(spark_twin(config))
+    assert_same_purchases(on_spark, on_duckdb)
+    assert on_spark.report.rows_rejected > 0 and on_spark.report.rows_outside_window > 0
+    assert len(on_spark.features) > 1000
+
+
+@pytest.mark.slow
+def test_online_retail_gives_identical_contract_and_features(spark, online_retail_path, tmp_path):
+    from conftest import REPO
+
+    config = load_config(REPO / "configs" / "online_retail.yaml")
+    on_duckdb = prepare_purchases(config)
+    on_spark = prepare_purchases(spark_twin(config))
+    assert_same_purchases(on_spark, on_duckdb)
+    assert on_spark.report.rows_read == 240_007
+    assert on_spark.report.rejected_by_reason == {"missing_customer_id": 67_225, "zero_price": 13,
+                                                  "duplicate_line": 1_946}
+
+
+def test_executors_assign_every_customer_as_the_fitted_model_does(spark, sample_files, tmp_path):
+    from segml import spark_engine
+
+    config_path, _ = sample_files
+    config = load_config(config_path)
+    purchases = prepare_purchases(config)
+    model, _ = fit_model(purchases.features, config)
+    segments = pd.DataFrame({"segment": range(model.n_segments),
+                             "segment_id": [f"S{s + 1}" for s in range(model.n_segments)],
+                             "segment_name": [f"name {s}" for s in range(model.n_segments)]})
+
+    spark_engine.read_purchases(spark, config.data)
+    report = spark_engine.classify_lines(spark, config.data, config.window)
+    features = spark_engine.compute_features(spark, report.as_of)
+    assigned = spark_engine.assign_segments(features, model, segments, with_model_space=True).cache()
+    on_executors = assigned.toPandas().set_index("customer_id").sort_index()
+
+    expected = model.predict(purchases.features)
+    assert on_executors.index.tolist() == purchases.features.index.tolist()
+    np.testing.assert_array_equal(on_executors["segment"].to_numpy(), expected)
+    assert (on_executors["segment_id"] == [f"S{s + 1}" for s in expected]).all()
+    np.testing.assert_allclose(on_executors["segment_probability"], model.predict_proba(purchases.features).max(axis=1))
+
+    stats = spark_engine.segment_statistics(assigned, model.features, model.n_segments)
+    Z = model.transform(purchases.features)
+    reference = score_homogeneity(purchases.features[model.features], Z, expected, model.n_segments)
+    assert stats[["segment", "feature"]].equals(reference[["segment", "feature"]])
+    numbers = [c for c in reference.columns if c not in ("segment", "feature")]
+    np.testing.assert_allclose(stats[numbers].to_numpy(), reference[numbers].to_numpy(), rtol=1e-9, atol=1e-12)
+
+    spark_engine.write_assignments(assigned.drop("z_recency_days", "z_frequency", "z_monetary"),
+                                   path=tmp_path / "assignments")
+    back = pd.read_parquet(tmp_path / "assignments").set_index("customer_id").sort_index()
+    assert back["segment_id"].tolist() == on_executors["segment_id"].tolist()
+    assigned.unpersist()
+
+
+@pytest.mark.postgres
+def test_assignments_are_written_to_postgres_over_jdbc(spark, postgres_url):
+    import sqlalchemy as sa
+
+    from segml.config import SparkConfig
+    from segml.spark_engine import jdbc_jars, write_assignments
+
+    if not any(Path(j).exists() for j in jdbc_jars(SparkConfig())):
+        pytest.skip("no PostgreSQL JDBC driver: install libpostgresql-jdbc-java or set spark.jdbc_jars")
+    frame = spark.createDataFrame(pd.DataFrame({"customer_id": ["a", "b", "c"], "segment_id": ["S1", "S2", "S1"],
+                                                "as_of": [dt.date(2024, 1, 1)] * 3}))
+    write_assignments(frame, url=postgres_url, table="segml_spark_jdbc_check")
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            back = pd.read_sql("SELECT * FROM segml_spark_jdbc_check ORDER BY customer_id", connection)
+            connection.exec_driver_sql("DROP TABLE segml_spark_jdbc_check")
+    finally:
+        engine.dispose()
+    assert back["segment_id"].tolist() == ["S1", "S2", "S1"]
+    assert str(back["as_of"].iloc[0]) == "2024-01-01"
