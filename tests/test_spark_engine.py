@@ -183,3 +183,20 @@ def test_assignments_are_written_to_postgres_over_jdbc(spark, postgres_url):
         engine.dispose()
     assert back["segment_id"].tolist() == ["S1", "S2", "S1"]
     assert str(back["as_of"].iloc[0]) == "2024-01-01"
+
+
+@pytest.mark.slow
+def test_the_flow_on_spark_records_and_publishes_what_duckdb_does(spark, prefect_harness, tmp_path):
+    from conftest import write_flow_config
+    from pipelines.segment import segment_customers
+
+    on_duckdb = segment_customers(str(write_flow_config(tmp_path / "duckdb")))
+    on_spark = segment_customers(str(write_flow_config(tmp_path / "spark", engine="spark",
+                                                       spark={"master": "local[2]"})))
+    for key in ("rows_read", "rows_used", "rows_rejected", "rows_outside_window", "customers", "n_segments",
+                "homogeneity", "as_of"):
+        assert on_spark[key] == on_duckdb[key], key
+    assert [s["segment_name"] for s in on_spark["segments"]] == [s["segment_name"] for s in on_duckdb["segments"]]
+    published = [pd.read_csv(s["assignments"]).drop(columns=["run_id"]) for s in (on_spark, on_duckdb)]
+    pd.testing.assert_frame_equal(*published)
+    assert load_config(tmp_path / "spark" / "segml.yaml").engine == "spark"
