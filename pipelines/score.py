@@ -23,7 +23,7 @@ from segml import tracking
 from segml.config import SegmlConfig, load_config
 from segml.errors import SegmlError
 from segml.identity import migrate
-from segml.outputs import write_results
+from segml.outputs import write_csv, write_results
 
 SCORE_CHUNK_ROWS = 100_000
 
@@ -69,6 +69,46 @@ def assign_customers(model: Any, published: tracking.Published, features: pd.Dat
     return table[CRM_COLUMNS]
 
 
+@task(cache_policy=NO_CACHE)
+def score_on_spark(cfg: SegmlConfig, model: Any, published: tracking.Published, as_of: dt.date | None,
+                   run_id: str, config_name: str) -> tuple[Any, pd.DataFrame, pd.DataFrame, Path]:
+    """``engine: spark``: features and assignments on the executors; the table written by Spark.
+
+    The executors write ``assignments.parquet`` (a folder of part files) into
+    the scores folder of the as-of date (on a cluster, ``output.dir`` must be
+    storage they all reach) and, with ``spark.jdbc_table``, the same rows to
+    that PostgreSQL table over JDBC. Returns the contract's report, the
+    rejected lines, the customers per segment (new and changed) and the folder.
+    """
+    import os
+
+    from pyspark.sql import functions as F
+
+    from segml import spark_engine
+    from segml.config import publish_url
+
+    pyfunc = model.unwrap_python_model()
+    segments = pd.DataFrame([(number, sid, name) for number, (sid, name) in pyfunc.segments.items()],
+                            columns=["segment", "segment_id", "segment_name"])
+    spark = spark_engine.session(cfg.spark)
+    report, rejected, table = spark_engine.score_customers(
+        spark, cfg, pyfunc.model, segments, published.assignments, as_of, run_id, published.version, config_name)
+    destination = Path(cfg.output.dir) / cfg.name / "scores" / report.as_of.isoformat()
+    table = table.cache()
+    spark_engine.write_assignments(table, path=destination / "assignments.parquet")
+    if cfg.spark.jdbc_table:
+        spark_engine.write_assignments(table, url=publish_url(cfg, dict(os.environ)), table=cfg.spark.jdbc_table)
+    counts = (table.groupBy("segment_id", "segment_name")
+              .agg(F.count("*").alias("customers"),
+                   F.sum(F.col("previous_segment_id").isNull().cast("int")).alias("customers_new"),
+                   F.sum(F.coalesce(F.col("segment_changed"), F.lit(False)).cast("int")).alias("customers_changed"))
+              .orderBy("segment_id").toPandas())
+    table.unpersist()
+    get_run_logger().info("scored %s customers on Spark; assignments in %s", f"{counts['customers'].sum():,}",
+                          destination / "assignments.parquet")
+    return report, rejected, counts, destination
+
+
 @flow(name="score-customers", log_prints=False)
 def score_customers(config: str | Path, as_of: dt.date | None = None) -> dict[str, Any]:
     """Assign every customer of the current purchases to the champion's segments, without fitting."""
@@ -80,6 +120,8 @@ def score_customers(config: str | Path, as_of: dt.date | None = None) -> dict[st
     scores_cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
         update={"experiment": f"{cfg.experiment_name}-scores"})})
     handle = tracking.start_run(scores_cfg, run_name=f"score {cfg.name} as of {as_of or 'latest'}")
+    if cfg.engine == "spark":
+        return _score_with_spark(cfg, config_path, model, published, as_of, handle)
     try:
         purchases = load_purchases(cfg, as_of, str(config_path))
         table = assign_customers(model, published, purchases.features, purchases.report.as_of, handle.run_id)
@@ -111,3 +153,35 @@ def score_customers(config: str | Path, as_of: dt.date | None = None) -> dict[st
             "customers": len(table), "customers_new": metrics["customers_new"],
             "output_dir": str(destination), "assignments": str(destination / "assignments.csv"),
             "segment_counts": counts.to_dict(orient="records")}
+
+
+def _score_with_spark(cfg: SegmlConfig, config_path: Path, model: Any, published: tracking.Published,
+                      as_of: dt.date | None, handle: tracking.RunHandle) -> dict[str, Any]:
+    """The scoring flow's body on Spark: the table stays on the cluster; counts and files come back."""
+    try:
+        report, rejected, counts, destination = score_on_spark(cfg, model, published, as_of, handle.run_id,
+                                                               str(config_path))
+        customers = int(counts["customers"].sum())
+        metrics = {"customers": customers, "customers_new": int(counts["customers_new"].sum()),
+                   "customers_changed": int(counts["customers_changed"].sum()),
+                   "rows_read": report.rows_read, "rows_used": report.rows_used,
+                   "rows_rejected": report.rows_rejected, "rows_outside_window": report.rows_outside_window,
+                   **{f"share.{r.segment_id}": r.customers / customers for r in counts.itertuples()}}
+        tracking.log_params_and_metrics(handle, {"as_of": report.as_of.isoformat(), "engine": "spark",
+                                                 "model_version": str(published.version)},
+                                        {k: float(v) for k, v in metrics.items()})
+        tables = {"segment_counts": counts[["segment_id", "segment_name", "customers"]],
+                  "contract": report.as_frame(), "rejected_lines": rejected}
+        with tempfile.TemporaryDirectory(prefix="segml-score-") as tmp:
+            for stem, frame in tables.items():
+                write_csv(frame, Path(tmp) / f"{stem}.csv")
+            tracking.log_artifacts(handle, Path(tmp))
+            publish_files(Path(tmp), destination)
+    except BaseException as exc:
+        tracking.end_run(handle, exc)
+        raise
+    tracking.end_run(handle)
+    return {"run_id": handle.run_id, "model_version": published.version, "as_of": report.as_of.isoformat(),
+            "customers": customers, "customers_new": metrics["customers_new"], "output_dir": str(destination),
+            "assignments": str(destination / "assignments.parquet"),
+            "segment_counts": counts[["segment_id", "segment_name", "customers"]].to_dict(orient="records")}

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import HAND_FEATURES, hand_config, hand_frame
 
 from segml.config import load_config, parse_config
@@ -200,3 +201,41 @@ def test_the_flow_on_spark_records_and_publishes_what_duckdb_does(spark, prefect
     published = [pd.read_csv(s["assignments"]).drop(columns=["run_id"]) for s in (on_spark, on_duckdb)]
     pd.testing.assert_frame_equal(*published)
     assert load_config(tmp_path / "spark" / "segml.yaml").engine == "spark"
+
+
+@pytest.mark.slow
+def test_scoring_on_spark_assigns_like_the_champion_and_writes_parquet_and_jdbc(spark, prefect_harness, tmp_path,
+                                                                                postgres_url, monkeypatch):
+    import sqlalchemy as sa
+
+    from conftest import write_flow_config
+    from pipelines.score import score_customers
+    from pipelines.segment import CRM_COLUMNS, segment_customers
+    from segml.config import SparkConfig
+    from segml.spark_engine import jdbc_jars
+
+    if not any(Path(j).exists() for j in jdbc_jars(SparkConfig())):
+        pytest.skip("no PostgreSQL JDBC driver: install libpostgresql-jdbc-java or set spark.jdbc_jars")
+    config_path = write_flow_config(tmp_path, spark={"master": "local[2]", "jdbc_table": "segml_spark_scores"})
+    refit = segment_customers(str(config_path))  # fitted and published with DuckDB
+    raw = yaml.safe_load(config_path.read_text())
+    raw["engine"] = "spark"
+    config_path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("SEGML_PUBLISH_URL", postgres_url)
+
+    scored = score_customers(str(config_path))
+    table = pd.read_parquet(scored["assignments"]).set_index("customer_id").sort_index()
+    champion = pd.read_csv(refit["assignments"], dtype={"customer_id": str}).set_index("customer_id")
+    assert table.reset_index().columns.tolist() == CRM_COLUMNS
+    assert scored["customers"] == len(champion) == 600 and scored["customers_new"] == 0
+    pd.testing.assert_series_equal(table["segment_id"], champion["segment_id"])
+    np.testing.assert_allclose(table["segment_probability"], champion["segment_probability"])
+    assert not table["segment_changed"].any() and (table["model_version"] == refit["model_version"]).all()
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            in_db = pd.read_sql("SELECT customer_id, segment_id FROM segml_spark_scores", connection)
+            connection.exec_driver_sql("DROP TABLE segml_spark_scores")
+    finally:
+        engine.dispose()
+    assert in_db.set_index("customer_id").sort_index()["segment_id"].equals(table["segment_id"])

@@ -310,6 +310,8 @@ class SparkConfig(_Strict):
     conf: dict[str, str] = {}
     jdbc_jars: list[str] = []
     partitions: int | None = Field(None, ge=1)
+    #: Scoring on Spark also writes every assignment to this PostgreSQL table (publish URL) over JDBC.
+    jdbc_table: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 class SegmlConfig(_Strict):

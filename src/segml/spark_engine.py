@@ -347,3 +347,38 @@ def write_assignments(assigned: DataFrame, path: str | Path | None = None, url: 
             raise SegmlError("a JDBC write needs a table name")
         writer = assigned.write.format("jdbc").options(**jdbc_options(url)).option("dbtable", table)
         writer.option("batchsize", "10000").mode(mode).save()
+
+
+def score_customers(spark: SparkSession, config: SegmlConfig, model: SegmentModel, segments: pd.DataFrame,
+                    previous: pd.DataFrame | None, as_of: dt.date | None, run_id: str, model_version: int,
+                    config_name: str = "the configuration") -> tuple[ContractReport, pd.DataFrame, DataFrame]:
+    """Score every customer of the configured purchases with a fitted model, on Spark.
+
+    Returns the contract's report, the rejected lines and the CRM assignment
+    table as a Spark DataFrame (columns of :data:`segml.contract.CRM_COLUMNS`),
+    with each customer's previously published segment (``previous``:
+    ``customer_id``, ``segment_id``) beside the new one. Nothing is gathered
+    to the driver but the counts and the rejected lines.
+    """
+    from pyspark.sql import functions as F
+
+    from segml.contract import CRM_COLUMNS
+
+    read_purchases(spark, config.data, config_name)
+    window = config.window if as_of is None else WindowConfig(as_of=as_of, lookback_days=config.window.lookback_days)
+    report = classify_lines(spark, config.data, window)
+    assigned = assign_segments(compute_features(spark, report.as_of), model, segments)
+    if previous is not None and len(previous):
+        before = spark.createDataFrame(previous[["customer_id", "segment_id"]].astype(str)
+                                       .rename(columns={"segment_id": "previous_segment_id"}))
+        assigned = assigned.join(before, "customer_id", "left")
+    else:
+        assigned = assigned.withColumn("previous_segment_id", F.lit(None).cast("string"))
+    table = (assigned
+             .withColumn("segment_changed", F.when(F.col("previous_segment_id").isNotNull(),
+                                                   F.col("previous_segment_id") != F.col("segment_id")))
+             .withColumn("as_of", F.lit(report.as_of))
+             .withColumn("run_id", F.lit(run_id))
+             .withColumn("model_version", F.lit(int(model_version)))
+             .select(*CRM_COLUMNS))
+    return report, rejected_lines(spark), table
