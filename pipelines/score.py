@@ -18,7 +18,13 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.segment import CRM_COLUMNS, retry_if_transient, load_purchases, publish_files, resolve_as_of
+from pipelines.segment import (
+    CRM_COLUMNS,
+    load_purchases,
+    publish_files,
+    resolve_as_of,
+    retry_if_transient,
+)
 from segml import tracking
 from segml.config import SegmlConfig, load_config
 from segml.errors import SegmlError

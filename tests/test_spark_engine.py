@@ -189,6 +189,7 @@ def test_assignments_are_written_to_postgres_over_jdbc(spark, postgres_url):
 @pytest.mark.slow
 def test_the_flow_on_spark_records_and_publishes_what_duckdb_does(spark, prefect_harness, tmp_path):
     from conftest import write_flow_config
+
     from pipelines.segment import segment_customers
 
     on_duckdb = segment_customers(str(write_flow_config(tmp_path / "duckdb")))
@@ -207,8 +208,8 @@ def test_the_flow_on_spark_records_and_publishes_what_duckdb_does(spark, prefect
 def test_scoring_on_spark_assigns_like_the_champion_and_writes_parquet_and_jdbc(spark, prefect_harness, tmp_path,
                                                                                 postgres_url, monkeypatch):
     import sqlalchemy as sa
-
     from conftest import write_flow_config
+
     from pipelines.score import score_customers
     from pipelines.segment import CRM_COLUMNS, segment_customers
     from segml.config import SparkConfig

@@ -79,20 +79,6 @@ def _text(expr: str, d: Dialect) -> str:
     return f"NULLIF(trim(CAST({expr} AS {d.text_type})), '')"
 
 
-def _number(expr: str, sql_type: str, d: Dialect) -> str:
-    if _is_text(sql_type):
-        return f"TRY_CAST(replace({_text(expr, d)}, ',', '') AS DOUBLE)"
-    return f"TRY_CAST({expr} AS DOUBLE)"
-
-
-def _timestamp(expr: str, sql_type: str, fmt: str | None, d: Dialect) -> str:
-    upper = sql_type.upper()
-    zoned = upper.startswith("TIMESTAMP") and "TIME ZONE" in upper
-    if upper.startswith("TIMESTAMP") or upper == "DATE":
-        return d.to_timestamp(expr, zoned)
-    return d.parse_timestamp(_text(expr, d), fmt)
-
-
 def _customer_id(expr: str, sql_type: str, d: Dialect) -> str:
     upper = sql_type.upper()
     if upper in ("DOUBLE", "FLOAT", "REAL") or upper.startswith("DECIMAL"):
@@ -102,53 +88,72 @@ def _customer_id(expr: str, sql_type: str, d: Dialect) -> str:
     return _text(expr, d)
 
 
+def _cleaned(expr: str, sql_type: str, d: Dialect) -> str:
+    """A source column ready to check: trimmed text (NULL when empty) for text, else the value."""
+    return _text(expr, d) if _is_text(sql_type) else expr
+
+
+def _to_number(expr: str, sql_type: str) -> str:
+    """A cleaned column as a double, NULL when it is not a number (thousands separators allowed)."""
+    if _is_text(sql_type):
+        return f"TRY_CAST(replace({expr}, ',', '') AS DOUBLE)"
+    return f"TRY_CAST({expr} AS DOUBLE)"
+
+
 def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_number() OVER ()",
                  d: Dialect = DUCKDB) -> str:
-    """The query that classifies every line of ``raw_purchases`` (the staged table, one row per line)."""
+    """The query that classifies every line of ``raw_purchases`` (the staged table, one row per line).
+
+    Each source column is cleaned once (trimmed text, NULL when empty) and
+    parsed once; the reasons then test those columns.
+    """
     cols = data.columns
     quote = d.ident
-    cid = quote(cols.customer_id)
-    ts_col = quote(cols.timestamp)
     all_columns = ", ".join(quote(c) for c in types)
+    ts_type = types[cols.timestamp]
 
+    # Cleaned columns: __c_<name>; parsed numbers __q, __p (or __v for a single amount).
+    cleaned = [f"{_customer_id(quote(cols.customer_id), types[cols.customer_id], d)} AS __cid",
+               f"{_cleaned(quote(cols.timestamp), ts_type, d)} AS __c_ts"]
     if cols.amount is not None:
-        amount_raw = quote(cols.amount)
-        value = _number(amount_raw, types[cols.amount], d)
-        missing_amount = f"{_text(amount_raw, d)} IS NULL"
-        bad_number = f"({value} IS NULL OR NOT {d.is_finite(value)})"
-        zero_price = f"{value} = 0"
-        negative_price = "false"
-        zero_quantity = "false"
-        negative = f"{value} < 0"
-        magnitude = f"abs({value})"
+        cleaned.append(f"{_cleaned(quote(cols.amount), types[cols.amount], d)} AS __c_v")
+        parsed = [f"{_to_number('__c_v', types[cols.amount])} AS __v"]
+        missing_amount = "__c_v IS NULL"
+        bad_number = f"(__v IS NULL OR NOT {d.is_finite('__v')})"
+        zero_price, negative_price, zero_quantity = "__v = 0", "false", "false"
+        negative = "__v < 0"
+        magnitude = "abs(__v)"
     else:
-        q_raw, p_raw = quote(cols.quantity or ""), quote(cols.unit_price or "")
-        qty = _number(q_raw, types[cols.quantity or ""], d)
-        price = _number(p_raw, types[cols.unit_price or ""], d)
-        missing_amount = f"({_text(q_raw, d)} IS NULL OR {_text(p_raw, d)} IS NULL)"
-        bad_number = (f"({qty} IS NULL OR {price} IS NULL OR NOT {d.is_finite(qty)} "
-                      f"OR NOT {d.is_finite(price)})")
-        zero_price = f"{price} = 0"
-        negative_price = f"{price} < 0"
-        zero_quantity = f"{qty} = 0"
-        negative = f"{qty} < 0"
-        magnitude = f"abs({qty} * {price})"
+        q_name, p_name = cols.quantity or "", cols.unit_price or ""
+        cleaned += [f"{_cleaned(quote(q_name), types[q_name], d)} AS __c_q",
+                    f"{_cleaned(quote(p_name), types[p_name], d)} AS __c_p"]
+        parsed = [f"{_to_number('__c_q', types[q_name])} AS __q", f"{_to_number('__c_p', types[p_name])} AS __p"]
+        missing_amount = "(__c_q IS NULL OR __c_p IS NULL)"
+        bad_number = f"(__q IS NULL OR __p IS NULL OR NOT {d.is_finite('__q')} OR NOT {d.is_finite('__p')})"
+        zero_price, negative_price, zero_quantity = "__p = 0", "__p < 0", "__q = 0"
+        negative = "__q < 0"
+        magnitude = "abs(__q * __p)"
+    upper = ts_type.upper()
+    if upper.startswith("TIMESTAMP") or upper == "DATE":
+        parsed.append(f"{d.to_timestamp('__c_ts', 'TIME ZONE' in upper)} AS __ts")
+    else:
+        parsed.append(f"{d.parse_timestamp('__c_ts', data.timestamp_format)} AS __ts")
 
     day = f"CAST(CAST(__ts AS DATE) AS {d.text_type})"  # orders are purchase days without an order column
     if cols.order_id is not None:
-        order_text = _text(quote(cols.order_id), d)
-        order_key = f"COALESCE({order_text}, {day})"
+        cleaned.append(f"{_text(quote(cols.order_id), d)} AS __c_order")
+        order_key = f"COALESCE(__c_order, {day})"
     else:
-        order_text = "NULL"
+        cleaned.append("NULL AS __c_order")
         order_key = day
     prefix = data.returns.cancel_prefix
-    cancelled = (f"substring({order_text}, 1, {len(prefix)}) = {sql_string(prefix)}"
+    cancelled = (f"substring(__c_order, 1, {len(prefix)}) = {sql_string(prefix)}"
                  if prefix and cols.order_id else "false")
     exclude_returns = "true" if data.returns.policy == "exclude" else "false"
 
     reasons = [
         ("missing_customer_id", "__cid IS NULL"),
-        ("missing_timestamp", f"{_text(ts_col, d)} IS NULL"),
+        ("missing_timestamp", "__c_ts IS NULL"),
         ("unparseable_timestamp", "__ts IS NULL"),
         ("missing_amount", missing_amount),
         ("non_numeric_amount", bad_number),
@@ -158,7 +163,7 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
         ("duplicate_line", "__duplicate"),
         ("return_excluded", f"{exclude_returns} AND __ret"),
     ]
-    reason_case = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond in reasons) + " END"
+    reason_case = d.first_true([name for name, _ in reasons], [cond for _, cond in reasons])
 
     # Exact duplicates: a 64-bit hash of all the columns finds the few lines
     # whose hash repeats; only those are compared column by column (so a hash
@@ -182,22 +187,22 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
             SELECT __line, (row_number() OVER same_hash > 1 AND {same_as_first}) AS __duplicate
             FROM numbered WHERE __hash IN (SELECT __hash FROM repeated)
             WINDOW same_hash AS (PARTITION BY __hash ORDER BY __line)
-        ), parsed AS (
-            SELECT numbered.*,
-                {_customer_id(cid, types[cols.customer_id], d)} AS __cid,
-                {_timestamp(ts_col, types[cols.timestamp], data.timestamp_format, d)} AS __ts,
-                COALESCE(copies.__duplicate, false) AS __duplicate,
-                ({negative}) OR COALESCE({cancelled}, false) AS __ret
+        ), cleaned AS (
+            SELECT numbered.*, {", ".join(cleaned)}, COALESCE(copies.__duplicate, false) AS __duplicate
             FROM numbered LEFT JOIN copies USING (__line)
+        ), parsed AS (
+            SELECT *, {", ".join(parsed)} FROM cleaned
         ), checked AS (
-            SELECT *, {reason_case} AS __reason FROM parsed
+            SELECT *, ({negative}) OR COALESCE({cancelled}, false) AS __ret FROM parsed
+        ), classified AS (
+            SELECT *, {reason_case} AS __reason FROM checked
         )
         SELECT __line, __cid, __ts, __ret, __reason,
                {order_key} AS __order,
                CASE WHEN __reason IS NULL
                     THEN CASE WHEN __ret THEN -{magnitude} ELSE {magnitude} END END AS __amount,
                CASE WHEN __reason IS NOT NULL THEN {raw_struct} END AS __raw
-        FROM checked
+        FROM classified
     """
 
 
