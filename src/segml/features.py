@@ -38,7 +38,7 @@ import duckdb
 import pandas as pd
 
 from segml.dialects import DUCKDB, Dialect
-from segml.validation import LINES
+from segml.validation import ORDERS
 
 FEATURE_UNITS: dict[str, str] = {
     "recency_days": "days since the last purchase",
@@ -55,19 +55,19 @@ EXCLUSION_REASONS: dict[str, str] = {
 
 
 def features_sql(as_of: dt.date, d: Dialect = DUCKDB) -> str:
-    """The per-customer query over ``purchase_lines``: one row per customer with its features and,
+    """The per-customer query over ``order_lines``: one row per customer with its features and,
     for a customer who is not segmented, the reason."""
     as_of_sql = f"DATE '{as_of.isoformat()}'"
     return f"""
         WITH per_customer AS (
             SELECT customer_id,
-                max(ts) FILTER (WHERE NOT is_return) AS last_purchase,
-                min(ts) FILTER (WHERE NOT is_return) AS first_purchase,
-                count(DISTINCT order_key) FILTER (WHERE NOT is_return) AS frequency,
+                max(last_purchase) AS last_purchase,
+                min(first_purchase) AS first_purchase,
+                count(*) FILTER (WHERE purchased) AS frequency,
                 -- Rounded to 1e-6 whatever the order in which the engine adds the lines,
                 -- so a fully cancelled order nets to exactly 0.
                 {d.exact_sum("amount")} AS monetary
-            FROM {LINES}
+            FROM {ORDERS}
             WHERE status = 'used'
             GROUP BY customer_id
         )
@@ -96,7 +96,7 @@ def split_features(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """RFM features of every customer with used lines in ``purchase_lines``.
+    """RFM features of every customer with used lines (from ``order_lines``).
 
     Returns ``(features, excluded)``: ``features`` has one row per customer to
     segment, indexed by ``customer_id`` (sorted) with the five feature columns;

@@ -34,14 +34,15 @@ from segml.models import SegmentModel
 from segml.sources import LINE, RAW, check_columns
 from segml.validation import (
     COUNTS_SQL,
-    LAST_VALID_SQL,
     LINES,
+    ORDERS,
     REJECTED,
     STAGED,
     ContractReport,
     build_report,
     contract_sql,
     lines_sql,
+    orders_sql,
     rejected_sql,
     window_of,
 )
@@ -198,16 +199,18 @@ def column_types(spark: SparkSession) -> dict[str, str]:
 
 
 def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig) -> ContractReport:
-    """The data contract on Spark: the views ``purchase_lines`` and ``rejected_lines``, and the counts.
-
-    The staged lines are cached, so the counts, the features and the rejected
-    lines read the source once.
-    """
-    staged = spark.sql(contract_sql(data, column_types(spark), LINE, SPARK)).persist()
-    staged.createOrReplaceTempView(STAGED)
-    last = spark.sql(LAST_VALID_SQL).first()[0] if window.as_of is None else None
+    """The data contract on Spark: the views ``purchase_lines`` and ``rejected_lines``, the table
+    ``order_lines`` (cached) and the counts, as :func:`segml.validation.classify_lines` does on DuckDB."""
+    types = column_types(spark)
+    if window.as_of is None:
+        quick = contract_sql(data, types, LINE, SPARK, find_duplicates=False)
+        last = spark.sql(f"SELECT max(__ts) FROM ({quick}) AS q WHERE __reason IS NULL").first()[0]
+    else:
+        last = None
     as_of, window_start = window_of(window, last)
+    spark.sql(contract_sql(data, types, LINE, SPARK)).createOrReplaceTempView(STAGED)
     spark.sql(lines_sql(as_of, window_start, SPARK)).createOrReplaceTempView(LINES)
+    spark.sql(orders_sql(SPARK)).persist().createOrReplaceTempView(ORDERS)
     spark.sql(rejected_sql(SPARK)).createOrReplaceTempView(REJECTED)
     counts = [(r["status"], r["reason"], int(r["n"])) for r in spark.sql(COUNTS_SQL).collect()]
     return build_report(spark.table(RAW).count(), counts, as_of, window_start)
@@ -253,8 +256,8 @@ def prepare_purchases(config: SegmlConfig, as_of: dt.date | None = None, config_
         return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(spark),
                          fingerprint=fingerprint(spark))
     finally:
-        if spark.catalog.tableExists(STAGED):
-            spark.catalog.uncacheTable(STAGED)
+        if spark.catalog.tableExists(ORDERS):
+            spark.catalog.uncacheTable(ORDERS)
 
 
 # --- assigning every customer on the executors --------------------------------------------------

@@ -1,11 +1,17 @@
 """The data contract: every purchase line is used, rejected with a reason, or outside the window.
 
-:func:`classify_lines` turns ``raw_purchases`` into the table ``purchase_lines``
+:func:`classify_lines` defines the view ``purchase_lines`` over ``raw_purchases``
 with one row per input line: its position in the source (``line``), the
 normalised customer id, timestamp, order key and signed amount, whether it is a
 return, and its ``status`` (``used``, ``rejected`` or ``outside_window``) with a
 ``reason`` for the last two. A line gets the first reason that applies, in the
 order of :data:`REJECTION_REASONS`.
+
+The lines are read once, into the table ``order_lines``: one row per
+customer, order, status and reason with the line count, the order's purchase
+dates and value, and the rejected lines' own values. The counts, the features
+(:mod:`segml.features`) and the rejected lines all come from that table, which
+holds about one row per order instead of one per line.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 LINES = "purchase_lines"
 REJECTED = "rejected_lines"
 STAGED = "classified_lines"
+ORDERS = "order_lines"
 
 #: Reasons a line is rejected, in the order they are checked.
 REJECTION_REASONS: dict[str, str] = {
@@ -76,7 +83,7 @@ def _is_text(sql_type: str) -> bool:
 
 def _text(expr: str, d: Dialect) -> str:
     """Trimmed text, NULL when empty."""
-    return f"NULLIF(trim(CAST({expr} AS {d.text_type})), '')"
+    return d.trimmed(f"CAST({expr} AS {d.text_type})")
 
 
 def _customer_id(expr: str, sql_type: str, d: Dialect) -> str:
@@ -101,11 +108,13 @@ def _to_number(expr: str, sql_type: str) -> str:
 
 
 def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_number() OVER ()",
-                 d: Dialect = DUCKDB) -> str:
-    """The query that classifies every line of ``raw_purchases`` (the staged table, one row per line).
+                 d: Dialect = DUCKDB, find_duplicates: bool = True) -> str:
+    """The query that classifies every line of ``raw_purchases`` (one row per line).
 
     Each source column is cleaned once (trimmed text, NULL when empty) and
-    parsed once; the reasons then test those columns.
+    parsed once; the reasons then test those columns. Without
+    ``find_duplicates`` no line is a duplicate (a cheaper query, for
+    questions duplicates cannot change).
     """
     cols = data.columns
     quote = d.ident
@@ -185,7 +194,7 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
             SELECT __hash FROM numbered GROUP BY __hash HAVING count(*) > 1
         ), copies AS (
             SELECT __line, (row_number() OVER same_hash > 1 AND {same_as_first}) AS __duplicate
-            FROM numbered WHERE __hash IN (SELECT __hash FROM repeated)
+            FROM numbered WHERE __hash IN (SELECT __hash FROM repeated) AND {str(find_duplicates).lower()}
             WINDOW same_hash AS (PARTITION BY __hash ORDER BY __line)
         ), cleaned AS (
             SELECT numbered.*, {", ".join(cleaned)}, COALESCE(copies.__duplicate, false) AS __duplicate
@@ -216,7 +225,10 @@ def window_of(window: WindowConfig, last_valid: dt.datetime | None) -> tuple[dt.
 
 
 def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB) -> str:
-    """The ``purchase_lines`` view over the staged table: status and reason as of ``as_of``."""
+    """The ``purchase_lines`` view over the classified lines: status and reason as of ``as_of``.
+
+    ``source`` holds the source's own values of a rejected line (NULL otherwise).
+    """
     start_sql = d.timestamp_literal(window_start.isoformat()) if window_start else "NULL"
     as_of_sql = d.timestamp_literal(as_of.isoformat())
     return f"""
@@ -228,21 +240,36 @@ def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB)
                  ELSE 'used' END AS status,
             CASE WHEN __reason IS NOT NULL THEN __reason
                  WHEN __ts >= {as_of_sql} THEN 'after_as_of'
-                 WHEN __ts < {start_sql} THEN 'before_window' END AS reason
+                 WHEN __ts < {start_sql} THEN 'before_window' END AS reason,
+            __raw AS source
         FROM {STAGED}
+    """
+
+
+def orders_sql(d: Dialect = DUCKDB) -> str:
+    """The ``order_lines`` table: ``purchase_lines`` summed per customer, order, status and reason."""
+    return f"""
+        SELECT customer_id, order_key, status, reason, count(*) AS lines,
+            bool_or(NOT is_return) AS purchased,
+            max(ts) FILTER (WHERE NOT is_return) AS last_purchase,
+            min(ts) FILTER (WHERE NOT is_return) AS first_purchase,
+            {d.exact_sum("amount")} AS amount,
+            {d.collect(d.pack({"line": "line", "source": "source"}))} FILTER (WHERE status = 'rejected') AS rejected
+        FROM {LINES}
+        GROUP BY customer_id, order_key, status, reason
     """
 
 
 def rejected_sql(d: Dialect = DUCKDB) -> str:
     """The ``rejected_lines`` view: line number, reason and the source's own columns."""
-    return f"SELECT __line AS line, __reason AS reason, {d.unpack('__raw')} FROM {STAGED} WHERE __reason IS NOT NULL"
+    return f"""
+        SELECT __r.line AS line, reason, {d.unpack('__r.source')}
+        FROM (SELECT reason, {d.explode('rejected')} AS __r FROM {ORDERS} WHERE status = 'rejected') AS __rejected
+    """
 
 
-#: The time of the last valid line, for the default as-of date.
-LAST_VALID_SQL = f"SELECT max(__ts) FROM {STAGED} WHERE __reason IS NULL"
-
-#: Lines per status and reason, from ``purchase_lines``.
-COUNTS_SQL = f"SELECT status, reason, count(*) AS n FROM {LINES} GROUP BY status, reason"
+#: Lines per status and reason, from ``order_lines``.
+COUNTS_SQL = f"SELECT status, reason, sum(lines) AS n FROM {ORDERS} GROUP BY status, reason"
 
 
 def build_report(rows_read: int, counts: list[tuple[str, str | None, int]], as_of: dt.date,
@@ -277,15 +304,22 @@ def build_report(rows_read: int, counts: list[tuple[str, str | None, int]], as_o
 def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: WindowConfig) -> ContractReport:
     """Classify every line of ``raw_purchases`` and fix the as-of window.
 
-    Creates the view ``purchase_lines`` (columns ``line``, ``customer_id``,
-    ``ts``, ``order_key``, ``amount``, ``is_return``, ``status``, ``reason``)
-    and returns the counts, which always add up to the lines read.
+    Defines the view ``purchase_lines`` (columns ``line``, ``customer_id``,
+    ``ts``, ``order_key``, ``amount``, ``is_return``, ``status``, ``reason``,
+    ``source``), reads it once into ``order_lines`` and returns the counts,
+    which always add up to the lines read.
     """
-    staged = contract_sql(data, column_types(con), line_number(con))
-    con.execute(f"CREATE OR REPLACE TABLE {STAGED} AS {staged}")
-    last = (con.execute(LAST_VALID_SQL).fetchone()[0] if window.as_of is None else None)
+    types, line = column_types(con), line_number(con)
+    if window.as_of is None:
+        # Only the date of the last valid line is needed: duplicates share their original's date.
+        quick = contract_sql(data, types, line, find_duplicates=False)
+        last = con.execute(f"SELECT max(__ts) FROM ({quick}) WHERE __reason IS NULL").fetchone()[0]
+    else:
+        last = None
     as_of, window_start = window_of(window, last)
+    con.execute(f"CREATE OR REPLACE VIEW {STAGED} AS {contract_sql(data, types, line)}")
     con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start)}")
+    con.execute(f"CREATE OR REPLACE TABLE {ORDERS} AS {orders_sql()}")
     con.execute(f"CREATE OR REPLACE VIEW {REJECTED} AS {rejected_sql()}")
     rows_read = con.execute(f"SELECT count(*) FROM {RAW}").fetchone()[0]
     return build_report(rows_read, con.execute(COUNTS_SQL).fetchall(), as_of, window_start)
