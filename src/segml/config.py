@@ -145,6 +145,9 @@ class ModelConfig(_Strict):
     min_segment_share: float = Field(0.02, ge=0.0, lt=0.5)
     silhouette_sample: int = Field(10_000, ge=100)
     fit_sample: int | None = Field(200_000, ge=1_000)
+    #: Candidate k are compared on a fixed-seed sample of at most this many customers (drawn from the
+    #: fit sample); the chosen k is then fitted on the fit sample. ``null``: compare on the fit sample.
+    selection_sample: int | None = Field(50_000, ge=1_000)
 
     @field_validator("k_range")
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
@@ -135,14 +136,29 @@ def _predict_in_chunks(estimator: KMeans | GaussianMixture, Z: np.ndarray, chunk
     return np.concatenate([estimator.predict(Z[i:i + chunk]) for i in range(0, len(Z), chunk)])
 
 
+#: Silhouettes compute distances in blocks of this many MB: small blocks stay in cache (a 10,000
+#: customer silhouette takes a third of the time it takes in scikit-learn's default 1 GB block).
+SILHOUETTE_MEMORY_MB = 64
+
+
+def _subsample(Z: np.ndarray, size: int | None, random_state: int) -> np.ndarray:
+    """A fixed-seed sample of at most ``size`` rows, in their original order."""
+    if size is None or len(Z) <= size:
+        return Z
+    rng = np.random.default_rng(random_state)
+    return Z[np.sort(rng.choice(len(Z), size=size, replace=False))]
+
+
 def score_partition(Z: np.ndarray, labels: np.ndarray, silhouette_sample: int, random_state: int) -> dict[str, float]:
     """Silhouette (on a fixed-seed sample), Calinski–Harabasz and Davies–Bouldin of one partition."""
     n_labels = len(np.unique(labels))
     if n_labels < 2 or n_labels >= len(labels):
         return {"silhouette": np.nan, "calinski_harabasz": np.nan, "davies_bouldin": np.nan}
     sample = min(silhouette_sample, len(labels))
+    with sklearn.config_context(working_memory=SILHOUETTE_MEMORY_MB):
+        silhouette = float(silhouette_score(Z, labels, sample_size=sample, random_state=random_state))
     return {
-        "silhouette": float(silhouette_score(Z, labels, sample_size=sample, random_state=random_state)),
+        "silhouette": silhouette,
         "calinski_harabasz": float(calinski_harabasz_score(Z, labels)),
         "davies_bouldin": float(davies_bouldin_score(Z, labels)),
     }
@@ -179,21 +195,18 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
         )
     transformer = build_transform(features, transform, n_samples=n)
     Z = np.asarray(transformer.fit_transform(X[features]), dtype=float)
-    # Candidates are fitted and scored on a fixed-seed sample when there are
-    # more customers than model.fit_sample; the chosen model then assigns everyone.
-    if model.fit_sample is not None and n > model.fit_sample:
-        rng = np.random.default_rng(model.random_state)
-        Z_fit = Z[np.sort(rng.choice(n, size=model.fit_sample, replace=False))]
-    else:
-        Z_fit = Z
+    # With many customers, candidates are compared on a fixed-seed selection sample, the chosen k is
+    # fitted on the (larger) fit sample, and that model assigns everyone.
+    Z_fit = _subsample(Z, model.fit_sample, model.random_state)
+    Z_sel = _subsample(Z_fit, model.selection_sample, model.random_state)
     rows, fitted = [], {}
     for k in ks:
-        estimator = build_estimator(model, k).fit(Z_fit)
-        labels = estimator.predict(Z_fit)
-        shares = np.bincount(labels, minlength=k) / len(Z_fit)
-        row = {"k": k, "fitted_on": len(Z_fit), **score_partition(Z_fit, labels, model.silhouette_sample,
+        estimator = build_estimator(model, k).fit(Z_sel)
+        labels = estimator.predict(Z_sel)
+        shares = np.bincount(labels, minlength=k) / len(Z_sel)
+        row = {"k": k, "fitted_on": len(Z_sel), **score_partition(Z_sel, labels, model.silhouette_sample,
                                                                   model.random_state)}
-        row["bic"] = float(estimator.bic(Z_fit)) if isinstance(estimator, GaussianMixture) else np.nan
+        row["bic"] = float(estimator.bic(Z_sel)) if isinstance(estimator, GaussianMixture) else np.nan
         row["inertia"] = float(estimator.inertia_) if isinstance(estimator, KMeans) else np.nan
         row["min_share"] = float(shares.min())
         row["eligible"] = bool(shares.min() >= model.min_segment_share and shares.min() > 0
@@ -216,7 +229,10 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
     best_k = int(eligible.loc[scores.idxmax(), "k"])  # idxmax takes the first, i.e. the smallest k, on ties
     candidates["chosen"] = candidates["k"] == best_k
     estimator, labels = fitted[best_k]
-    if len(Z_fit) < n:
+    if len(Z_sel) < len(Z_fit):
+        estimator = build_estimator(model, best_k).fit(Z_fit)
+        log.info("k=%d fitted on %d customers", best_k, len(Z_fit))
+    if len(Z_sel) < n:
         labels = _predict_in_chunks(estimator, Z)
     segment_model = SegmentModel(features=list(features), transform_=transformer, estimator_=estimator,
                                  order_=_canonical_order(labels, best_k, Z))

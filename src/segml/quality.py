@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score, silhouette_samples
 
-from segml.models import SegmentModel
+from segml.models import SILHOUETTE_MEMORY_MB, SegmentModel
 
 
 def _std_ratios(values: np.ndarray, labels: np.ndarray, n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,7 +80,8 @@ def segment_silhouettes(Z: np.ndarray, labels: np.ndarray, n_segments: int, samp
     out = np.full(n_segments, np.nan)
     if len(np.unique(labels[idx])) < 2:
         return out
-    values = silhouette_samples(Z[idx], labels[idx])
+    with sklearn.config_context(working_memory=SILHOUETTE_MEMORY_MB):
+        values = silhouette_samples(Z[idx], labels[idx])
     for s in range(n_segments):
         members = labels[idx] == s
         if members.any():
