@@ -3,10 +3,11 @@
     python benchmarks/flow_benchmark.py [--lines 10000000] [--algorithms kmeans,gmm]
 
 For each algorithm (k chosen from 2 to 10): the bare script reads and checks
-the purchases, computes features, fits and chooses k, scores quality and
-names the segments, with no Prefect and no MLflow; the flow does the same
-plus the MLflow record (child runs, model, plots, PDF), the files and the
-database. Both run in fresh processes; the flow uses a temporary MLflow store
+the purchases, computes features, fits and chooses k, scores quality, names
+the segments and writes the CRM outputs (assignment table as CSV and Parquet,
+the SQLite table), with no Prefect and no MLflow; the flow does the same plus
+the Prefect run and the MLflow record (params, metrics, child runs, model,
+plots, PDF report, artifacts). Both run in fresh processes; the flow uses a temporary MLflow store
 and Prefect's temporary server (its start-up is reported apart). The sampled
 fit is also compared with a fit on every customer (adjusted Rand index).
 Uses the data of ``features_benchmark.py`` (generated when missing).
@@ -49,13 +50,28 @@ def config_for(path: Path, algorithm: str, folder: Path) -> Path:
 
 
 def bare(config_path: str) -> dict:
+    """The same computations and the same CRM outputs (CSV, Parquet, SQLite table), no Prefect, no MLflow."""
     from segml.config import load_config
+    from segml.contract import CRM_COLUMNS
+    from segml.outputs import write_results
+    from segml.publish import create_engine, publish_assignments
     from segml.segmentation import prepare_purchases, segment_customers
 
     config = load_config(config_path)
     start = time.perf_counter()
     purchases = prepare_purchases(config)
-    result = segment_customers(purchases.features, config, purchases.report.as_of)
+    as_of = purchases.report.as_of
+    result = segment_customers(purchases.features, config, as_of)
+    table = result.assignments.assign(previous_segment_id=None, segment_changed=None, run_id="bare",
+                                      model_version=0)[CRM_COLUMNS]
+    folder = Path(config.output.dir) / "bare"
+    write_results(folder, table, {"segments": result.segments, "candidates": result.candidates,
+                                  "rejected_lines": purchases.rejected})
+    catalogue = result.segments[["segment_id", "segment_name", "description"]].assign(
+        status="active", first_as_of=as_of, last_as_of=as_of)
+    engine = create_engine(f"sqlite:///{folder / 'crm.db'}")
+    publish_assignments(engine, config.name, as_of, table, catalogue, "bare", 0)
+    engine.dispose()
     seconds = time.perf_counter() - start
 
     # The sampled choice against a fit on every customer, same k.
@@ -63,7 +79,8 @@ def bare(config_path: str) -> dict:
 
     from segml.models import fit_segments
 
-    full_model = config.model.model_copy(update={"fit_sample": None, "n_clusters": result.model.n_segments})
+    full_model = config.model.model_copy(update={"fit_sample": None, "selection_sample": None, "min_segment_share": 0.0,
+                                                 "n_clusters": result.model.n_segments})
     full, _ = fit_segments(purchases.features.sort_index(), list(config.features), config.transform, full_model)
     ari = adjusted_rand_score(result.model.predict(purchases.features.sort_index()),
                               full.predict(purchases.features.sort_index()))

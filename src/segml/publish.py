@@ -174,6 +174,15 @@ def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Cal
     values = {}
     for column in ASSIGNMENT_COLUMNS:
         series = rows[column]
+        if column in ("segmentation", "as_of", "published_at") and len(series) and series.nunique() == 1:
+            # One value for the whole publication: format it once.
+            first = series.iloc[0]
+            if column == "as_of":
+                first = first.isoformat()
+            elif column == "published_at":
+                first = first.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S.%f")
+            values[column] = [first] * len(series)
+            continue
         if column == "as_of":
             series = series.map(lambda d: d.isoformat())
         elif column == "published_at":
