@@ -12,14 +12,18 @@ and peak resident memory:
 - ``duckdb_sql``: the same aggregation as one DuckDB query into Arrow;
 - ``segml``: segml's whole path: the data contract (every line checked,
   duplicates found, rejections kept) and the five features as of a date,
-  with ``duckdb.memory_limit: 500MB``;
-- ``lifetimes``: ``summary_data_from_transaction_data``, when lifetimes is installed.
+  with ``duckdb.memory_limit: 500MB`` (``--memory-limit``);
+- ``lifetimes``: ``summary_data_from_transaction_data``, when lifetimes is installed;
+- ``polars``: the same aggregation as a Polars lazy query, when Polars is installed;
+- ``spark``: segml's contract and features on Spark in local mode (``engine: spark``),
+  when PySpark is installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -74,21 +78,50 @@ def run_duckdb(path: Path) -> int:
     return table.num_rows
 
 
-def run_segml(path: Path) -> int:
+def segml_config(path: Path, **extra):
     from segml.config import parse_config
+
+    return parse_config({"data": {"path": str(path), "timestamp_format": "%Y-%m-%d %H:%M:%S", "columns": {
+        "customer_id": "customer_id", "timestamp": "purchased_at", "order_id": "order_id",
+        "quantity": "quantity", "unit_price": "unit_price"}}, "window": {"as_of": AS_OF}, **extra})
+
+
+def run_segml(path: Path) -> int:
     from segml.features import compute_features
     from segml.sources import connect, register_source
     from segml.validation import classify_lines
 
-    config = parse_config({"data": {"path": str(path), "timestamp_format": "%Y-%m-%d %H:%M:%S", "columns": {
-        "customer_id": "customer_id", "timestamp": "purchased_at", "order_id": "order_id",
-        "quantity": "quantity", "unit_price": "unit_price"}}, "window": {"as_of": AS_OF},
-        "duckdb": {"memory_limit": MEMORY_LIMIT}})
+    config = segml_config(path, duckdb={"memory_limit": os.environ.get("SEGML_BENCH_MEMORY", MEMORY_LIMIT)})
     con = connect(config.duckdb.memory_limit)
     register_source(con, config.data)
     report = classify_lines(con, config.data, config.window)
     features, _ = compute_features(con, report.as_of)
     return len(features)
+
+
+def run_spark(path: Path) -> int:
+    from segml import spark_engine
+
+    config = segml_config(path, engine="spark")
+    spark = spark_engine.session(config.spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    spark_engine.read_purchases(spark, config.data)
+    report = spark_engine.classify_lines(spark, config.data, config.window)
+    features, _ = spark_engine.collect_features(spark_engine.compute_features(spark, report.as_of))
+    return len(features)
+
+
+def run_polars(path: Path) -> int:
+    import polars as pl
+
+    result = (pl.scan_parquet(path)
+              .with_columns(pl.col("purchased_at").str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S").alias("ts"),
+                            (pl.col("quantity") * pl.col("unit_price")).alias("amount"))
+              .group_by("customer_id")
+              .agg(pl.col("ts").max().alias("last"), pl.col("ts").min().alias("first"),
+                   pl.col("order_id").n_unique().alias("orders"), pl.col("amount").sum().alias("spend"))
+              .collect())
+    return result.height
 
 
 def run_lifetimes(path: Path) -> int:
@@ -102,41 +135,55 @@ def run_lifetimes(path: Path) -> int:
     return len(summary)
 
 
-METHODS = {"pandas": run_pandas, "duckdb_sql": run_duckdb, "segml": run_segml, "lifetimes": run_lifetimes}
+METHODS = {"pandas": run_pandas, "lifetimes": run_lifetimes, "polars": run_polars, "duckdb_sql": run_duckdb,
+           "segml": run_segml, "spark": run_spark}
 
 
 def child(method: str, path: Path) -> None:
     start = time.perf_counter()
     customers = METHODS[method](path)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"method": method, "seconds": seconds, "peak_mb": peak_mb, "customers": customers}))
+    # Spark's work happens in its JVM, a child process: its peak counts too.
+    peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(json.dumps({"method": method, "seconds": seconds, "peak_mb": peak_kb / 1024, "customers": customers}))
+
+
+def data_path(lines: int) -> Path:
+    """The generated purchases of ``lines`` lines (generated when missing)."""
+    path = HERE / "data" / f"purchases_{lines}.parquet"
+    if not path.exists():
+        start = time.perf_counter()
+        generate(lines, path)
+        print(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
+    return path
+
+
+def measure(method: str, path: Path, memory_limit: str | None = None) -> dict | None:
+    """One method in a fresh process: seconds, peak MB and customers; None (with the reason) when it fails."""
+    env = dict(os.environ, **({"SEGML_BENCH_MEMORY": memory_limit} if memory_limit else {}))
+    done = subprocess.run([sys.executable, __file__, "--child", method, "--path", str(path)],
+                          capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        print(f"{method}: skipped ({last})")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=10_000_000)
-    parser.add_argument("--methods", default="pandas,duckdb_sql,segml,lifetimes")
+    parser.add_argument("--methods", default="pandas,lifetimes,polars,duckdb_sql,segml")
+    parser.add_argument("--memory-limit", help=f"duckdb.memory_limit of the segml run (default {MEMORY_LIMIT})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, Path(args.path))
         return
-    path = HERE / "data" / f"purchases_{args.lines}.parquet"
-    if not path.exists():
-        start = time.perf_counter()
-        generate(args.lines, path)
-        print(f"generated {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
-    rows = []
-    for method in args.methods.split(","):
-        done = subprocess.run([sys.executable, __file__, "--child", method, "--path", str(path)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["failed"])[-1]
-            print(f"{method}: skipped ({last})")
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    path = data_path(args.lines)
+    rows = [r for r in (measure(m, path, args.memory_limit) for m in args.methods.split(",")) if r]
     print(f"\n{args.lines:,} purchase lines")
     print(f"{'method':<12}{'seconds':>10}{'peak MB':>10}{'customers':>12}")
     for r in rows:

@@ -29,7 +29,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from features_benchmark import generate  # noqa: E402
+from features_benchmark import data_path
 
 
 def config_for(path: Path, algorithm: str, folder: Path) -> Path:
@@ -113,6 +113,21 @@ def child(kind: str, config_path: str) -> None:
     print("RESULT " + json.dumps(result))
 
 
+def measure(path: Path, algorithm: str, folder: Path) -> list[dict]:
+    """The bare script and the flow for one algorithm, each in a fresh process."""
+    config = config_for(path, algorithm, folder)
+    rows = []
+    for kind in ("bare", "flow"):
+        done = subprocess.run([sys.executable, __file__, "--child", kind, str(config)],
+                              capture_output=True, text=True, check=False)
+        lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+        if done.returncode != 0 or not lines:
+            print(f"{algorithm} {kind} failed:\n{done.stderr[-3000:]}")
+            continue
+        rows.append({"algorithm": algorithm, "kind": kind, **json.loads(lines[-1][7:])})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=10_000_000)
@@ -122,21 +137,11 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    path = HERE / "data" / f"purchases_{args.lines}.parquet"
-    if not path.exists():
-        generate(args.lines, path)
+    path = data_path(args.lines)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for algorithm in args.algorithms.split(","):
-            config = config_for(path, algorithm, Path(tmp))
-            for kind in ("bare", "flow"):
-                done = subprocess.run([sys.executable, __file__, "--child", kind, str(config)],
-                                      capture_output=True, text=True)
-                lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-                if done.returncode != 0 or not lines:
-                    print(f"{algorithm} {kind} failed:\n{done.stderr[-3000:]}")
-                    continue
-                rows.append({"algorithm": algorithm, "kind": kind, **json.loads(lines[-1][7:])})
+            rows += measure(path, algorithm, Path(tmp))
     print(f"\n{args.lines:,} purchase lines, k from 2 to 10")
     print(f"{'algorithm':<10}{'run':<6}{'seconds':>9}{'peak MB':>9}{'k':>4}  notes")
     for r in rows:

@@ -26,18 +26,14 @@ def features(n: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--chunk", type=int, default=100_000)
-    args = parser.parse_args()
-
+def measure(customers: int = 1_000_000, chunk: int = 100_000) -> dict:
+    """Seconds and customers per second of scoring ``customers`` with a logged champion pyfunc."""
     from pipelines.score import score_in_chunks
     from segml import tracking
     from segml.config import parse_config
     from segml.models import fit_segments
 
-    X = features(args.customers)
+    X = features(customers)
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         config = parse_config({"name": "score_bench", "data": {"path": "x.csv", "columns": {
@@ -50,11 +46,20 @@ def main() -> None:
         tracking.end_run(handle)
         champion = tracking.load_model(model_uri, uri)
         start = time.perf_counter()
-        scored = score_in_chunks(champion, X, args.chunk)
+        scored = score_in_chunks(champion, X, chunk)
         seconds = time.perf_counter() - start
     assert len(scored) == len(X)
-    print(f"{len(X):,} customers scored in {seconds:.1f} s with chunks of {args.chunk:,}: "
-          f"{len(X) / seconds:,.0f} customers/s")
+    return {"customers": len(X), "chunk": chunk, "seconds": seconds, "per_second": len(X) / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=100_000)
+    args = parser.parse_args()
+    r = measure(args.customers, args.chunk)
+    print(f"{r['customers']:,} customers scored in {r['seconds']:.1f} s with chunks of {r['chunk']:,}: "
+          f"{r['per_second']:,.0f} customers/s")
 
 
 if __name__ == "__main__":
