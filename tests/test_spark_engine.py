@@ -68,6 +68,15 @@ def test_a_format_spark_cannot_parse_is_a_config_error():
         parse_config(raw)
 
 
+def test_a_url_data_path_is_left_for_spark_to_read(tmp_path):
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump({"engine": "spark", "spark": {"master": "spark://head:7077"}, "data": {
+        "path": "s3a://shop/purchases/2024.parquet", "columns": {"customer_id": "c", "timestamp": "t", "amount": "a"}}}))
+    loaded = load_config(config)
+    assert loaded.data.path == "s3a://shop/purchases/2024.parquet"
+    assert loaded.spark.master == "spark://head:7077"
+
+
 def test_hand_worked_lines_give_the_same_answer_on_both_engines(spark):
     config = hand_config()
     on_spark = prepare_purchases(spark_twin(config), frame=hand_frame())

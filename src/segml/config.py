@@ -418,6 +418,8 @@ def parse_config(raw: Any, source: str = "<config>") -> SegmlConfig:
 
 
 def _resolve(path: str, base: Path) -> str:
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+        return path  # a URL (s3a://, hdfs://, file://) is Spark's to read, not a local path
     candidate = Path(path).expanduser()
     return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
 

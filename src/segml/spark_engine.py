@@ -165,15 +165,15 @@ def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "th
             reader = reader.option("dbtable", data.table) if data.table else reader.option("query", data.query)
             frame = _with_line_numbers(reader.load())
         else:
-            path = Path(data.path or "")
-            if not path.exists():
-                raise InputDataError(f"purchase file {str(path)!r} not found; check data.path in the configuration")
+            path = data.path or ""
+            if "://" not in path and not Path(path).exists():
+                raise InputDataError(f"purchase file {path!r} not found; check data.path in the configuration")
             if _file_format(data) == "parquet":
-                frame = _parquet_with_line_numbers(spark, str(path))
+                frame = _parquet_with_line_numbers(spark, path)
             else:
                 csv = data.csv
                 frame = _with_line_numbers(spark.read.csv(
-                    str(path), header=csv.header, sep=csv.delimiter, quote=csv.quote, escape=csv.quote,
+                    path, header=csv.header, sep=csv.delimiter, quote=csv.quote, escape=csv.quote,
                     encoding=csv.encoding, inferSchema=False, mode="PERMISSIVE"))
     except PySparkException as exc:
         where = data.table or data.query or data.path
