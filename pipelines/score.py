@@ -139,16 +139,12 @@ def score_customers(config: str | Path, as_of: dt.date | None = None) -> dict[st
                    "rows_read": r.rows_read, "rows_used": r.rows_used, "rows_rejected": r.rows_rejected,
                    "rows_outside_window": r.rows_outside_window,
                    **{f"share.{s}": v for s, v in shares.items()}}
-        tracking.log_params_and_metrics(handle, {"as_of": r.as_of.isoformat(), "model_version": str(published.version),
-                                                 "input_fingerprint": purchases.fingerprint},
-                                        {k: float(v) for k, v in metrics.items()})
         counts = (table.groupby(["segment_id", "segment_name"]).size().rename("customers").reset_index())
         destination = Path(cfg.output.dir) / cfg.name / "scores" / r.as_of.isoformat()
-        with tempfile.TemporaryDirectory(prefix="segml-score-") as tmp:
-            write_results(Path(tmp), table, {"segment_counts": counts, "contract": r.as_frame(),
-                                             "rejected_lines": purchases.rejected})
-            tracking.log_artifacts(handle, Path(tmp))
-            publish_files(Path(tmp), destination)
+        _record_and_publish(handle, {"as_of": r.as_of.isoformat(), "model_version": str(published.version),
+                                     "input_fingerprint": purchases.fingerprint}, metrics,
+                            {"segment_counts": counts, "contract": r.as_frame(), "rejected_lines": purchases.rejected},
+                            destination, table)
     except BaseException as exc:
         tracking.end_run(handle, exc)
         raise
@@ -173,16 +169,10 @@ def _score_with_spark(cfg: SegmlConfig, config_path: Path, model: Any, published
                    "rows_read": report.rows_read, "rows_used": report.rows_used,
                    "rows_rejected": report.rows_rejected, "rows_outside_window": report.rows_outside_window,
                    **{f"share.{r.segment_id}": r.customers / customers for r in counts.itertuples()}}
-        tracking.log_params_and_metrics(handle, {"as_of": report.as_of.isoformat(), "engine": "spark",
-                                                 "model_version": str(published.version)},
-                                        {k: float(v) for k, v in metrics.items()})
-        tables = {"segment_counts": counts[["segment_id", "segment_name", "customers"]],
-                  "contract": report.as_frame(), "rejected_lines": rejected}
-        with tempfile.TemporaryDirectory(prefix="segml-score-") as tmp:
-            for stem, frame in tables.items():
-                write_csv(frame, Path(tmp) / f"{stem}.csv")
-            tracking.log_artifacts(handle, Path(tmp))
-            publish_files(Path(tmp), destination)
+        _record_and_publish(handle, {"as_of": report.as_of.isoformat(), "engine": "spark",
+                                     "model_version": str(published.version)}, metrics,
+                            {"segment_counts": counts[["segment_id", "segment_name", "customers"]],
+                             "contract": report.as_frame(), "rejected_lines": rejected}, destination)
     except BaseException as exc:
         tracking.end_run(handle, exc)
         raise
@@ -191,3 +181,21 @@ def _score_with_spark(cfg: SegmlConfig, config_path: Path, model: Any, published
             "customers": customers, "customers_new": metrics["customers_new"], "output_dir": str(destination),
             "assignments": str(destination / "assignments.parquet"),
             "segment_counts": counts[["segment_id", "segment_name", "customers"]].to_dict(orient="records")}
+
+
+def _record_and_publish(handle: tracking.RunHandle, params: dict[str, str], metrics: dict[str, float],
+                        tables: dict[str, pd.DataFrame], destination: Path,
+                        assignments: pd.DataFrame | None = None) -> None:
+    """Log a scoring run's params, metrics and files to MLflow, then publish the files.
+
+    ``assignments`` (CSV and Parquet) is left out when Spark has written the table itself.
+    """
+    tracking.log_params_and_metrics(handle, params, {k: float(v) for k, v in metrics.items()})
+    with tempfile.TemporaryDirectory(prefix="segml-score-") as tmp:
+        if assignments is not None:
+            write_results(Path(tmp), assignments, tables)
+        else:
+            for stem, frame in tables.items():
+                write_csv(frame, Path(tmp) / f"{stem}.csv")
+        tracking.log_artifacts(handle, Path(tmp))
+        publish_files(Path(tmp), destination)

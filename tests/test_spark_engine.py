@@ -39,6 +39,31 @@ def spark():
     yield spark
 
 
+@pytest.fixture
+def jdbc_driver(postgres_url):
+    """The PostgreSQL URL, when Spark has a JDBC driver for it."""
+    from segml.config import SparkConfig
+    from segml.spark_engine import jdbc_jars
+
+    if not any(Path(j).exists() for j in jdbc_jars(SparkConfig())):
+        pytest.skip("no PostgreSQL JDBC driver: install libpostgresql-jdbc-java or set spark.jdbc_jars")
+    return postgres_url
+
+
+def read_and_drop(url: str, table: str, columns: str = "*") -> pd.DataFrame:
+    """The rows of a table Spark wrote, sorted by customer, then the table dropped."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            rows = pd.read_sql(f"SELECT {columns} FROM {table} ORDER BY customer_id", connection)
+            connection.exec_driver_sql(f"DROP TABLE {table}")
+    finally:
+        engine.dispose()
+    return rows
+
+
 def spark_twin(config):
     return config.model_copy(update={"engine": "spark"})
 
@@ -173,24 +198,13 @@ def test_executors_assign_every_customer_as_the_fitted_model_does(spark, sample_
 
 
 @pytest.mark.postgres
-def test_assignments_are_written_to_postgres_over_jdbc(spark, postgres_url):
-    import sqlalchemy as sa
+def test_assignments_are_written_to_postgres_over_jdbc(spark, jdbc_driver):
+    from segml.spark_engine import write_assignments
 
-    from segml.config import SparkConfig
-    from segml.spark_engine import jdbc_jars, write_assignments
-
-    if not any(Path(j).exists() for j in jdbc_jars(SparkConfig())):
-        pytest.skip("no PostgreSQL JDBC driver: install libpostgresql-jdbc-java or set spark.jdbc_jars")
     frame = spark.createDataFrame(pd.DataFrame({"customer_id": ["a", "b", "c"], "segment_id": ["S1", "S2", "S1"],
                                                 "as_of": [dt.date(2024, 1, 1)] * 3}))
-    write_assignments(frame, url=postgres_url, table="segml_spark_jdbc_check")
-    engine = sa.create_engine(postgres_url)
-    try:
-        with engine.begin() as connection:
-            back = pd.read_sql("SELECT * FROM segml_spark_jdbc_check ORDER BY customer_id", connection)
-            connection.exec_driver_sql("DROP TABLE segml_spark_jdbc_check")
-    finally:
-        engine.dispose()
+    write_assignments(frame, url=jdbc_driver, table="segml_spark_jdbc_check")
+    back = read_and_drop(jdbc_driver, "segml_spark_jdbc_check")
     assert back["segment_id"].tolist() == ["S1", "S2", "S1"]
     assert str(back["as_of"].iloc[0]) == "2024-01-01"
 
@@ -216,22 +230,17 @@ def test_the_flow_on_spark_records_and_publishes_what_duckdb_does(spark, prefect
 @pytest.mark.slow
 def test_scoring_on_spark_assigns_like_the_champion_and_writes_parquet_and_jdbc(spark, prefect_harness, tmp_path,
                                                                                 postgres_url, monkeypatch):
-    import sqlalchemy as sa
     from conftest import write_flow_config
 
     from pipelines.score import score_customers
     from pipelines.segment import CRM_COLUMNS, segment_customers
-    from segml.config import SparkConfig
-    from segml.spark_engine import jdbc_jars
 
-    if not any(Path(j).exists() for j in jdbc_jars(SparkConfig())):
-        pytest.skip("no PostgreSQL JDBC driver: install libpostgresql-jdbc-java or set spark.jdbc_jars")
     config_path = write_flow_config(tmp_path, spark={"master": "local[2]", "jdbc_table": "segml_spark_scores"})
     refit = segment_customers(str(config_path))  # fitted and published with DuckDB
     raw = yaml.safe_load(config_path.read_text())
     raw["engine"] = "spark"
     config_path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("SEGML_PUBLISH_URL", postgres_url)
+    monkeypatch.setenv("SEGML_PUBLISH_URL", jdbc_driver)
 
     scored = score_customers(str(config_path))
     table = pd.read_parquet(scored["assignments"]).set_index("customer_id").sort_index()
@@ -241,11 +250,5 @@ def test_scoring_on_spark_assigns_like_the_champion_and_writes_parquet_and_jdbc(
     pd.testing.assert_series_equal(table["segment_id"], champion["segment_id"])
     np.testing.assert_allclose(table["segment_probability"], champion["segment_probability"])
     assert not table["segment_changed"].any() and (table["model_version"] == refit["model_version"]).all()
-    engine = sa.create_engine(postgres_url)
-    try:
-        with engine.begin() as connection:
-            in_db = pd.read_sql("SELECT customer_id, segment_id FROM segml_spark_scores", connection)
-            connection.exec_driver_sql("DROP TABLE segml_spark_scores")
-    finally:
-        engine.dispose()
+    in_db = read_and_drop(jdbc_driver, "segml_spark_scores", "customer_id, segment_id")
     assert in_db.set_index("customer_id").sort_index()["segment_id"].equals(table["segment_id"])
