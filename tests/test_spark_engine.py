@@ -229,7 +229,7 @@ def test_the_flow_on_spark_records_and_publishes_what_duckdb_does(spark, prefect
 
 @pytest.mark.slow
 def test_scoring_on_spark_assigns_like_the_champion_and_writes_parquet_and_jdbc(spark, prefect_harness, tmp_path,
-                                                                                postgres_url, monkeypatch):
+                                                                                jdbc_driver, monkeypatch):
     from conftest import write_flow_config
 
     from pipelines.score import score_customers
