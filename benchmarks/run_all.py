@@ -75,7 +75,8 @@ def main() -> None:
             for r in flow_benchmark.measure(path, algorithm, Path(tmp)):
                 flows[(algorithm, r["kind"])] = r
                 notes = (f"k={r['k']}, ARI sampled vs full fit {r['ari_sample_vs_full']:.3f}" if r["kind"] == "bare"
-                         else f"k={r['k']}, + {r['prefect_startup']:.0f} s Prefect start-up")
+                         else f"k={r['k']}, + {r['prefect_startup']:.0f} s Prefect start-up, "
+                              f"{r['store_setup']:.1f} s new MLflow store")
                 rows.append((f"whole flow {args.lines / 1e6:g}M lines: {algorithm} {r['kind']}", f"{r['seconds']:.1f}",
                              f"{r['peak_mb']:,.0f}", notes))
     scoring = score_benchmark.measure()

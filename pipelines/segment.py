@@ -302,6 +302,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
     cfg = load_config(config_path)
     as_of = resolve_as_of(as_of, cfg)
     handle = tracking.start_run(cfg, run_name=f"{cfg.name} as of {as_of or cfg.window.as_of or 'latest'}")
+    database_run = None
     try:
         purchases = load_purchases(cfg, as_of, str(config_path))
         features = purchases.features
@@ -322,6 +323,13 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
         gate_lines = ([f"Quality gates: {'; '.join(g.describe() for g in gates)}; "
                        + ("FAILED, not published." if failed else "all passed.")] if gates else [])
         destination = Path(cfg.output.dir) / cfg.name / purchases.report.as_of.isoformat()
+        # When the gates pass, the database publication (one transaction) runs in a worker thread
+        # while the files are rendered and logged; the files are published only after it succeeded,
+        # and the alias last: a failure on the way leaves the previous champion as the one the next
+        # run matches.
+        database_run = (publish_database.submit(cfg, purchases.report.as_of, assignments, identity,
+                                                handle.run_id, version)
+                        if cfg.publish.database and not failed else None)
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
             render_files(staging, cfg, config_path, purchases, model, candidates, scored, identity, migration,
@@ -334,13 +342,12 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
                     + "; ".join(g.describe() for g in failed)
                     + f". The run is recorded in MLflow ({handle.run_id}) but neither promoted nor published; "
                     "change the gates in the configuration or look into the data.")
-            # The database first (one transaction), then the files (each atomic), and only then the
-            # alias: a failure on the way leaves the previous champion as the one the next run matches.
-            database = (publish_database(cfg, purchases.report.as_of, assignments, identity, handle.run_id, version)
-                        if cfg.publish.database else None)
+            database = database_run.result() if database_run else None
             publish_files(staging, destination)
             tracking.promote(handle, cfg, version)
     except BaseException as exc:
+        if database_run is not None:
+            database_run.wait()  # never leave a publication running behind a failed flow run
         tracking.end_run(handle, exc)
         raise
     tracking.end_run(handle)

@@ -96,3 +96,28 @@ def test_a_failed_gate_fails_the_flow_keeps_the_champion_and_publishes_nothing(p
     assert runs[0].data.metrics["gates_passed"] == 0.0 and runs[0].data.metrics["gate.min_segment_share"] == 1.0
     assert {p: p.read_bytes() for p in published} == published
     assert {p for p in Path(first["output_dir"]).rglob("*") if p.is_file()} == set(published)
+
+
+@pytest.mark.slow
+def test_a_failed_database_publication_publishes_no_files_and_keeps_the_champion(prefect_harness, tmp_path,
+                                                                                 monkeypatch):
+    config_path = write_flow_config(tmp_path)
+    first = segment_customers(str(config_path))
+    published = {p: p.read_bytes() for p in Path(first["output_dir"]).rglob("*") if p.is_file()}
+
+    # The publication runs beside the rendering of the files; when it fails (here: the database
+    # "file" is a folder, after the task's retries), nothing else is published.
+    blocker = tmp_path / "database_is_a_folder"
+    blocker.mkdir()
+    monkeypatch.setenv("SEGML_PUBLISH_URL", f"sqlite:///{blocker}")
+    _set(config_path, model={"random_state": 5})
+    state = segment_customers(str(config_path), return_state=True)
+    assert state.is_failed()
+
+    client = _client(config_path)
+    assert int(client.get_model_version_by_alias("segml-sample", "champion").version) == first["model_version"]
+    failed = client.search_runs([client.get_experiment_by_name("sample").experiment_id],
+                                filter_string="attributes.status = 'FAILED'")
+    assert len(failed) == 1
+    assert {p: p.read_bytes() for p in published} == published
+    assert {p for p in Path(first["output_dir"]).rglob("*") if p.is_file()} == set(published)
