@@ -119,6 +119,10 @@ class WindowConfig(_Strict):
     as_of: dt.date | None = None
     lookback_days: int | None = Field(None, gt=0)
 
+    def at(self, as_of: dt.date | None) -> WindowConfig:
+        """This window with ``as_of`` in place of its own (unchanged when ``as_of`` is None)."""
+        return self if as_of is None else self.model_copy(update={"as_of": as_of})
+
 
 class TransformConfig(_Strict):
     """How features are transformed before clustering (part of the fitted model)."""

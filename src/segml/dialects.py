@@ -118,9 +118,7 @@ class Dialect:
 
     def struct(self, names: list[str]) -> str:
         """The named columns packed into one struct column."""
-        if self.name == "duckdb":
-            return "struct_pack(" + ", ".join(f"{quote(n)} := {quote(n)}" for n in names) + ")"
-        return "named_struct(" + ", ".join(f"{sql_string(n)}, {backquote(n)}" for n in names) + ")"
+        return self.pack({n: self.ident(n) for n in names})
 
     def unpack(self, column: str) -> str:
         """Every field of a struct column as a column of its own."""

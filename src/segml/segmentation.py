@@ -18,7 +18,7 @@ import pandas as pd
 
 from segml import features as feature_module
 from segml import quality
-from segml.config import SegmlConfig, WindowConfig
+from segml.config import SegmlConfig
 from segml.models import SegmentModel, fit_segments
 from segml.profiles import name_segments, profile_segments
 from segml.sources import connect, fingerprint, register_frame, register_source
@@ -74,9 +74,7 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
             register_frame(con, frame, config.data.columns, config_name)
         else:
             register_source(con, config.data, config_name)
-        window = config.window if as_of is None else WindowConfig(as_of=as_of,
-                                                                  lookback_days=config.window.lookback_days)
-        report = classify_lines(con, config.data, window)
+        report = classify_lines(con, config.data, config.window.at(as_of))
         features, excluded = feature_module.compute_features(con, report.as_of)
         log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
                  excluded["reason"].value_counts().to_dict())

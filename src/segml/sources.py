@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 
 from segml.config import ColumnMap, DataConfig
+from segml.dialects import quote, sql_string
 from segml.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -36,24 +37,15 @@ def connect(memory_limit: str | None = None, threads: int | None = None,
     """
     con = duckdb.connect(":memory:")
     if memory_limit:
-        con.execute(f"SET memory_limit = {_sql_string(memory_limit)}")
+        con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if temp_directory:
-        con.execute(f"SET temp_directory = {_sql_string(temp_directory)}")
+        con.execute(f"SET temp_directory = {sql_string(temp_directory)}")
     return con
 
 
-def quote(name: str) -> str:
-    """Quote an identifier for DuckDB SQL."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _file_format(data: DataConfig) -> str:
+def file_format(data: DataConfig) -> str:
     if data.format != "auto":
         return data.format
     suffixes = [s.lower() for s in Path(data.path or "").suffixes]
@@ -71,19 +63,19 @@ def _register_file(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
     path = Path(data.path or "")
     if not path.exists():
         raise InputDataError(f"purchase file {str(path)!r} not found; check data.path in the configuration")
-    fmt = _file_format(data)
+    fmt = file_format(data)
     if fmt == "parquet":
         # Parquet knows each row's position: a line number without a blocking window over all rows.
         scan = (f"(SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS {LINE} "
-                f"FROM read_parquet({_sql_string(str(path))}, file_row_number = true))")
+                f"FROM read_parquet({sql_string(str(path))}, file_row_number = true))")
     else:
         csv = data.csv
         # Every column is read as text so that a malformed value becomes a
         # rejected line with its reason instead of a failed read.
         scan = (
-            f"read_csv({_sql_string(str(path))}, all_varchar = true, header = {str(csv.header).lower()}, "
-            f"delim = {_sql_string(csv.delimiter)}, quote = {_sql_string(csv.quote)}, "
-            f"encoding = {_sql_string(csv.encoding)})"
+            f"read_csv({sql_string(str(path))}, all_varchar = true, header = {str(csv.header).lower()}, "
+            f"delim = {sql_string(csv.delimiter)}, quote = {sql_string(csv.quote)}, "
+            f"encoding = {sql_string(csv.encoding)})"
         )
     try:
         con.execute(f"CREATE OR REPLACE VIEW {RAW} AS SELECT * FROM {scan}")

@@ -31,7 +31,7 @@ from segml.dialects import SPARK, backquote
 from segml.errors import InputDataError, SegmlError
 from segml.features import features_sql, split_features
 from segml.models import SegmentModel
-from segml.sources import LINE, RAW, check_columns
+from segml.sources import LINE, RAW, check_columns, file_format
 from segml.validation import (
     COUNTS_SQL,
     LINES,
@@ -41,6 +41,7 @@ from segml.validation import (
     ContractReport,
     build_report,
     contract_sql,
+    last_valid_sql,
     lines_sql,
     orders_sql,
     rejected_sql,
@@ -122,46 +123,45 @@ def jdbc_options(url: str) -> dict[str, str]:
     return options
 
 
+def _number_lines(located: DataFrame, columns: list[str], key: str, key_type: str, position: str) -> DataFrame:
+    """The source's ``columns`` with line numbers 1, 2, ...: ``position`` (0-based within the group
+    ``key``) plus the rows of the groups before, in ``key`` order. Only the group sizes reach the
+    driver."""
+    from pyspark.sql import functions as F
+
+    offsets, total = [], 0
+    for row in located.groupBy(key).count().orderBy(key).collect():
+        offsets.append((row[key], total))
+        total += row["count"]
+    offset_frame = located.sparkSession.createDataFrame(offsets, f"{key} {key_type}, __offset long")
+    return (located.join(F.broadcast(offset_frame), key)
+            .select(*columns, (F.col("__offset") + F.col(position) + 1).alias(LINE)))
+
+
 def _with_line_numbers(frame: DataFrame) -> DataFrame:
-    """Number the lines 1, 2, ... in the order of the source (partition by partition, row by row).
+    """Number the lines in the order of the source: partition by partition, row by row.
 
     ``monotonically_increasing_id`` holds the partition in its upper bits and
-    the row within it in the lower 33; the rows of the partitions before give
-    the offset. Works on Spark Connect too (no RDD API), and the lines stay on
-    the executors.
+    the row within it in the lower 33. Works on Spark Connect too (no RDD API).
     """
     from pyspark.sql import functions as F
 
     columns = [backquote(c) for c in frame.columns]
-    located = frame.select(*columns, F.spark_partition_id().alias("__part"),
-                           F.monotonically_increasing_id().alias("__id"))
-    sizes = located.groupBy("__part").count().orderBy("__part").collect()
-    offsets, total = [], 0
-    for row in sizes:
-        offsets.append((row["__part"], total))
-        total += row["count"]
-    offset_frame = frame.sparkSession.createDataFrame(offsets, "__part int, __offset long")
-    row_in_part = F.col("__id") - F.shiftleft(F.col("__part").cast("long"), 33)
-    return (located.join(F.broadcast(offset_frame), "__part")
-            .select(*columns, (F.col("__offset") + row_in_part + 1).alias(LINE)))
+    part = F.spark_partition_id()
+    located = frame.select(*columns, part.alias("__part"),
+                           (F.monotonically_increasing_id() - F.shiftleft(part.cast("long"), 33)).alias("__row"))
+    return _number_lines(located, columns, "__part", "int", "__row")
 
 
 def _parquet_with_line_numbers(spark: SparkSession, path: str) -> DataFrame:
-    """Parquet's own row positions, offset by the rows of the files before (no shuffle of the lines)."""
+    """Parquet's own row positions, file by file (no shuffle of the lines)."""
     from pyspark.sql import functions as F
 
     frame = spark.read.parquet(path)
     columns = [backquote(c) for c in frame.columns]
     located = frame.select(*columns, F.col("_metadata.file_path").alias("__file"),
                            F.col("_metadata.row_index").alias("__row"))
-    sizes = located.groupBy("__file").count().orderBy("__file").collect()
-    offsets, total = [], 0
-    for row in sizes:
-        offsets.append((row["__file"], total))
-        total += row["count"]
-    offset_frame = spark.createDataFrame(offsets, "__file string, __offset long")
-    return (located.join(F.broadcast(offset_frame), "__file")
-            .select(*columns, (F.col("__offset") + F.col("__row") + 1).alias(LINE)))
+    return _number_lines(located, columns, "__file", "string", "__row")
 
 
 def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "the configuration") -> list[str]:
@@ -172,8 +172,6 @@ def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "th
     """
     from pyspark.errors import PySparkException
 
-    from segml.sources import _file_format
-
     try:
         if data.url is not None:
             reader = spark.read.format("jdbc").options(**jdbc_options(data.url))
@@ -183,7 +181,7 @@ def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "th
             path = data.path or ""
             if "://" not in path and not Path(path).exists():
                 raise InputDataError(f"purchase file {path!r} not found; check data.path in the configuration")
-            if _file_format(data) == "parquet":
+            if file_format(data) == "parquet":
                 frame = _parquet_with_line_numbers(spark, path)
             else:
                 csv = data.csv
@@ -202,7 +200,7 @@ def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "th
 def register_frame(spark: SparkSession, frame: pd.DataFrame) -> None:
     """Use an in-memory frame of purchase lines (every column as text) as ``raw_purchases``."""
     numbered = frame.astype(object).where(frame.notna(), None).assign(**{LINE: np.arange(1, len(frame) + 1)})
-    spark.createDataFrame(numbered.astype({c: object for c in frame.columns})).createOrReplaceTempView(RAW)
+    spark.createDataFrame(numbered).createOrReplaceTempView(RAW)
 
 
 def column_types(spark: SparkSession) -> dict[str, str]:
@@ -217,11 +215,7 @@ def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig) 
     """The data contract on Spark: the views ``purchase_lines`` and ``rejected_lines``, the table
     ``order_lines`` (cached) and the counts, as :func:`segml.validation.classify_lines` does on DuckDB."""
     types = column_types(spark)
-    if window.as_of is None:
-        quick = contract_sql(data, types, LINE, SPARK, find_duplicates=False)
-        last = spark.sql(f"SELECT max(__ts) FROM ({quick}) AS q WHERE __reason IS NULL").first()[0]
-    else:
-        last = None
+    last = spark.sql(last_valid_sql(data, types, LINE, SPARK)).first()[0] if window.as_of is None else None
     as_of, window_start = window_of(window, last)
     spark.sql(contract_sql(data, types, LINE, SPARK)).createOrReplaceTempView(STAGED)
     spark.sql(lines_sql(as_of, window_start, SPARK)).createOrReplaceTempView(LINES)
@@ -264,9 +258,8 @@ def prepare_purchases(config: SegmlConfig, as_of: dt.date | None = None, config_
         check_columns(list(frame.columns), config.data.columns, config_name)
     else:
         read_purchases(spark, config.data, config_name)
-    window = config.window if as_of is None else WindowConfig(as_of=as_of, lookback_days=config.window.lookback_days)
     try:
-        report = classify_lines(spark, config.data, window)
+        report = classify_lines(spark, config.data, config.window.at(as_of))
         features, excluded = collect_features(compute_features(spark, report.as_of))
         return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(spark),
                          fingerprint=fingerprint(spark))
@@ -383,8 +376,7 @@ def score_customers(spark: SparkSession, config: SegmlConfig, model: SegmentMode
     from segml.contract import CRM_COLUMNS
 
     read_purchases(spark, config.data, config_name)
-    window = config.window if as_of is None else WindowConfig(as_of=as_of, lookback_days=config.window.lookback_days)
-    report = classify_lines(spark, config.data, window)
+    report = classify_lines(spark, config.data, config.window.at(as_of))
     assigned = assign_segments(compute_features(spark, report.as_of), model, segments)
     if previous is not None and len(previous):
         before = spark.createDataFrame(previous[["customer_id", "segment_id"]].astype(str)

@@ -224,6 +224,15 @@ def window_of(window: WindowConfig, last_valid: dt.datetime | None) -> tuple[dt.
     return as_of, window_start
 
 
+def last_valid_sql(data: DataConfig, types: dict[str, str], line: str, d: Dialect = DUCKDB) -> str:
+    """The time of the last valid line, for the default as-of date.
+
+    The duplicate check is left out: a duplicate shares its original's time.
+    """
+    quick = contract_sql(data, types, line, d, find_duplicates=False)
+    return f"SELECT max(__ts) FROM ({quick}) AS __quick WHERE __reason IS NULL"
+
+
 def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB) -> str:
     """The ``purchase_lines`` view over the classified lines: status and reason as of ``as_of``.
 
@@ -310,12 +319,7 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     which always add up to the lines read.
     """
     types, line = column_types(con), line_number(con)
-    if window.as_of is None:
-        # Only the date of the last valid line is needed: duplicates share their original's date.
-        quick = contract_sql(data, types, line, find_duplicates=False)
-        last = con.execute(f"SELECT max(__ts) FROM ({quick}) WHERE __reason IS NULL").fetchone()[0]
-    else:
-        last = None
+    last = con.execute(last_valid_sql(data, types, line)).fetchone()[0] if window.as_of is None else None
     as_of, window_start = window_of(window, last)
     con.execute(f"CREATE OR REPLACE VIEW {STAGED} AS {contract_sql(data, types, line)}")
     con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start)}")
