@@ -142,7 +142,7 @@ def score_customers(config: str | Path, as_of: dt.date | None = None) -> dict[st
         counts = (table.groupby(["segment_id", "segment_name"]).size().rename("customers").reset_index())
         destination = Path(cfg.output.dir) / cfg.name / "scores" / r.as_of.isoformat()
         _record_and_publish(handle, {"as_of": r.as_of.isoformat(), "model_version": str(published.version),
-                                     "input_fingerprint": purchases.fingerprint}, metrics,
+                                     "input_fingerprint": purchases.report.fingerprint}, metrics,
                             {"segment_counts": counts, "contract": r.as_frame(), "rejected_lines": purchases.rejected},
                             destination, table)
     except BaseException as exc:

@@ -142,7 +142,7 @@ def record_run(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purch
                migration: Migration, metrics: dict[str, float]) -> tuple[pd.DataFrame, int]:
     """Log params, metrics, candidate child runs and the registered model; returns the CRM table and version."""
     params = tracking.flatten(config.model_dump(mode="json"))
-    params.update(as_of=purchases.report.as_of.isoformat(), input_fingerprint=purchases.fingerprint,
+    params.update(as_of=purchases.report.as_of.isoformat(), input_fingerprint=purchases.report.fingerprint,
                   segml_version=segml.__version__, tracking_uri=_without_password(handle.uri))
     tracking.log_params_and_metrics(handle, params, metrics)
     tracking.log_candidates(handle, candidates, config.model.algorithm)

@@ -158,3 +158,28 @@ def test_no_usable_lines_is_a_clear_error():
 
 def test_register_frame_without_mapping_returns_columns():
     assert register_frame(connect(), hand_frame()) == ["invoice", "client", "when", "qty", "price"]
+
+
+def test_every_copy_after_the_first_is_a_duplicate_and_a_lookalike_is_not(hand_lines):
+    first = hand_lines.iloc[[0]]
+    lookalike = first.assign(qty="3")  # differs in one column only
+    frame = pd.concat([hand_lines, first, lookalike, first], ignore_index=True)
+    purchases = prepare_purchases(hand_config(), frame=frame)
+    duplicates = purchases.rejected[purchases.rejected["reason"] == "duplicate_line"]
+    # Lines 21 and 23 repeat line 1; line 20 already repeated O3; line 22 is a new line.
+    assert sorted(duplicates["line"]) == [20, 21, 23]
+    assert purchases.report.rows_read == 23 and purchases.report.rejected_by_reason["duplicate_line"] == 3
+
+
+def test_fingerprint_follows_the_content_not_the_order(hand_lines):
+    def fingerprint(frame):
+        return prepare_purchases(hand_config(), frame=frame).report.fingerprint
+
+    shuffled = hand_lines.sample(frac=1.0, random_state=3)
+    changed = hand_lines.assign(price=hand_lines["price"].where(hand_lines.index != 0, 99.0))
+    assert fingerprint(hand_lines) == fingerprint(shuffled) != fingerprint(changed)
+    # The count and the 64-bit sum of DuckDB's hash of every line, whatever adds them up.
+    con = connect()
+    register_frame(con, hand_lines)
+    total = con.execute("SELECT sum(hash(invoice, client, \"when\", qty, price)::HUGEINT) FROM raw_purchases").fetchone()[0]
+    assert fingerprint(hand_lines) == f"20:{int(total) % 2**64:016x}"

@@ -21,7 +21,7 @@ from segml import quality
 from segml.config import SegmlConfig
 from segml.models import SegmentModel, fit_segments
 from segml.profiles import name_segments, profile_segments
-from segml.sources import connect, fingerprint, register_frame, register_source
+from segml.sources import connect, register_frame, register_source
 from segml.validation import ContractReport, classify_lines, rejected_lines
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ class Purchases:
     features: pd.DataFrame
     excluded: pd.DataFrame
     rejected: pd.DataFrame
-    fingerprint: str = ""
 
 
 @dataclass
@@ -78,8 +77,7 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
         features, excluded = feature_module.compute_features(con, report.as_of)
         log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
                  excluded["reason"].value_counts().to_dict())
-        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con),
-                         fingerprint=fingerprint(con))
+        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con))
     finally:
         if own:
             con.close()

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from segml.config import ColumnMap, DataConfig
@@ -173,12 +174,18 @@ def check_columns(found: list[str], columns: ColumnMap, config_name: str) -> Non
     )
 
 
-def fingerprint(con: duckdb.DuckDBPyConnection) -> str:
-    """A fingerprint of ``raw_purchases``' content: row count and an order-independent sum of row hashes.
+def line_hashes(con: duckdb.DuckDBPyConnection) -> np.ndarray:
+    """The 64-bit hash of every line of ``raw_purchases`` (all its own columns), sorted."""
+    columns = ", ".join(quote(c) for c in column_types(con))
+    hashes = con.execute(f"SELECT hash({columns}) AS h FROM {RAW}").fetchnumpy()["h"]
+    hashes.sort()
+    return hashes
+
+
+def fingerprint_of(rows: int, hash_sum: int) -> str:
+    """A fingerprint of a source's content from its line count and the sum of its line hashes.
 
     The same lines in any order give the same fingerprint; any changed value
     changes it.
     """
-    columns = ", ".join(quote(c) for c in column_types(con))
-    rows, total = con.execute(f"SELECT count(*), sum(hash({columns})::HUGEINT) FROM {RAW}").fetchone()
-    return f"{rows}:{int(total or 0) % 2**64:016x}"
+    return f"{rows}:{hash_sum % 2**64:016x}"

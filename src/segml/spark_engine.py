@@ -31,7 +31,7 @@ from segml.dialects import SPARK, backquote
 from segml.errors import InputDataError, SegmlError
 from segml.features import features_sql, split_features
 from segml.models import SegmentModel
-from segml.sources import LINE, RAW, check_columns, file_format
+from segml.sources import LINE, RAW, check_columns, file_format, fingerprint_of
 from segml.validation import (
     COUNTS_SQL,
     LINES,
@@ -222,7 +222,10 @@ def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig) 
     spark.sql(orders_sql(SPARK)).persist().createOrReplaceTempView(ORDERS)
     spark.sql(rejected_sql(SPARK)).createOrReplaceTempView(REJECTED)
     counts = [(r["status"], r["reason"], int(r["n"])) for r in spark.sql(COUNTS_SQL).collect()]
-    return build_report(spark.table(RAW).count(), counts, as_of, window_start)
+    # The lines read and the fingerprint of their content, in one pass.
+    columns = ", ".join(backquote(c) for c in types)
+    rows, total = spark.sql(f"SELECT count(*), sum(CAST(xxhash64({columns}) AS DECIMAL(38, 0))) FROM {RAW}").first()
+    return build_report(rows, counts, as_of, window_start, fingerprint=fingerprint_of(rows, int(total or 0)))
 
 
 def compute_features(spark: SparkSession, as_of: dt.date) -> DataFrame:
@@ -240,13 +243,6 @@ def rejected_lines(spark: SparkSession) -> pd.DataFrame:
     return spark.table(REJECTED).orderBy("line").toPandas()
 
 
-def fingerprint(spark: SparkSession) -> str:
-    """Row count and an order-independent sum of row hashes of ``raw_purchases`` (Spark's own hash)."""
-    columns = ", ".join(backquote(c) for c in column_types(spark))
-    rows, total = spark.sql(f"SELECT count(*), sum(CAST(xxhash64({columns}) AS DECIMAL(38, 0))) FROM {RAW}").first()
-    return f"{rows}:{int(total or 0) % 2**64:016x}"
-
-
 def prepare_purchases(config: SegmlConfig, as_of: dt.date | None = None, config_name: str = "the configuration",
                       spark: SparkSession | None = None, frame: pd.DataFrame | None = None):
     """:func:`segml.segmentation.prepare_purchases` on Spark: the same :class:`Purchases`."""
@@ -261,8 +257,7 @@ def prepare_purchases(config: SegmlConfig, as_of: dt.date | None = None, config_
     try:
         report = classify_lines(spark, config.data, config.window.at(as_of))
         features, excluded = collect_features(compute_features(spark, report.as_of))
-        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(spark),
-                         fingerprint=fingerprint(spark))
+        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(spark))
     finally:
         if spark.catalog.tableExists(ORDERS):
             spark.catalog.uncacheTable(ORDERS)
