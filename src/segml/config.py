@@ -152,6 +152,9 @@ class ModelConfig(_Strict):
     #: Candidate k are compared on a fixed-seed sample of at most this many customers (drawn from the
     #: fit sample); the chosen k is then fitted on the fit sample. ``null``: compare on the fit sample.
     selection_sample: int | None = Field(50_000, ge=1_000)
+    #: Processes fitting the candidate k side by side (-1: one per core). Small samples are fitted
+    #: in this process, where starting workers would cost more than it saves.
+    n_jobs: int = -1
 
     @field_validator("k_range")
     @classmethod

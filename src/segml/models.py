@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import sklearn
+from joblib import Parallel, delayed
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
@@ -164,6 +165,39 @@ def score_partition(Z: np.ndarray, labels: np.ndarray, silhouette_sample: int, r
     }
 
 
+#: Below this many customers in the selection sample the candidates are fitted one after another.
+PARALLEL_MIN_ROWS = 20_000
+
+
+def _fit_candidate(Z: np.ndarray, k: int, model: ModelConfig) -> tuple[dict, KMeans | GaussianMixture, np.ndarray]:
+    """One candidate k fitted and scored on ``Z``: its row of scores, the estimator and the labels."""
+    estimator = build_estimator(model, k).fit(Z)
+    labels = estimator.predict(Z)
+    shares = np.bincount(labels, minlength=k) / len(Z)
+    row = {"k": k, "fitted_on": len(Z), **score_partition(Z, labels, model.silhouette_sample, model.random_state)}
+    row["bic"] = float(estimator.bic(Z)) if isinstance(estimator, GaussianMixture) else np.nan
+    row["inertia"] = float(estimator.inertia_) if isinstance(estimator, KMeans) else np.nan
+    row["min_share"] = float(shares.min())
+    row["eligible"] = bool(shares.min() >= model.min_segment_share and shares.min() > 0
+                           and not np.isnan(row[model.criterion]))
+    return row, estimator, labels
+
+
+def _refit(start: KMeans | GaussianMixture, model: ModelConfig, Z: np.ndarray) -> KMeans | GaussianMixture:
+    """The estimator fitted on ``Z`` from the centres (or components) of ``start``: one run from a good start
+    instead of ``n_init`` runs from scratch."""
+    k = start.n_clusters if isinstance(start, KMeans) else start.n_components
+    if isinstance(start, KMeans):
+        estimator = KMeans(n_clusters=k, init=start.cluster_centers_, n_init=1, max_iter=model.max_iter,
+                           random_state=model.random_state)
+    else:
+        estimator = GaussianMixture(n_components=k, covariance_type=model.covariance_type, max_iter=model.max_iter,
+                                    random_state=model.random_state, reg_covar=start.reg_covar,
+                                    weights_init=start.weights_, means_init=start.means_,
+                                    precisions_init=start.precisions_)
+    return estimator.fit(Z)
+
+
 def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfig,
                  model: ModelConfig) -> tuple[SegmentModel, pd.DataFrame]:
     """Fit every candidate k, choose one and return it with every candidate's scores.
@@ -199,21 +233,12 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
     # fitted on the (larger) fit sample, and that model assigns everyone.
     Z_fit = _subsample(Z, model.fit_sample, model.random_state)
     Z_sel = _subsample(Z_fit, model.selection_sample, model.random_state)
-    rows, fitted = [], {}
-    for k in ks:
-        estimator = build_estimator(model, k).fit(Z_sel)
-        labels = estimator.predict(Z_sel)
-        shares = np.bincount(labels, minlength=k) / len(Z_sel)
-        row = {"k": k, "fitted_on": len(Z_sel), **score_partition(Z_sel, labels, model.silhouette_sample,
-                                                                  model.random_state)}
-        row["bic"] = float(estimator.bic(Z_sel)) if isinstance(estimator, GaussianMixture) else np.nan
-        row["inertia"] = float(estimator.inertia_) if isinstance(estimator, KMeans) else np.nan
-        row["min_share"] = float(shares.min())
-        row["eligible"] = bool(shares.min() >= model.min_segment_share and shares.min() > 0
-                               and not np.isnan(row[model.criterion]))
-        rows.append(row)
-        fitted[k] = (estimator, labels)
-        log.info("k=%d: %s=%.4f, smallest segment %.1f%%", k, model.criterion, row[model.criterion],
+    jobs = model.n_jobs if len(Z_sel) >= PARALLEL_MIN_ROWS and len(ks) > 1 else 1
+    results = Parallel(n_jobs=jobs)(delayed(_fit_candidate)(Z_sel, k, model) for k in ks)
+    rows = [row for row, _, _ in results]
+    fitted = {row["k"]: (estimator, labels) for row, estimator, labels in results}
+    for row in rows:
+        log.info("k=%d: %s=%.4f, smallest segment %.1f%%", row["k"], model.criterion, row[model.criterion],
                  100 * row["min_share"])
     candidates = pd.DataFrame(rows)
     eligible = candidates[candidates["eligible"]]
@@ -230,8 +255,9 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
     candidates["chosen"] = candidates["k"] == best_k
     estimator, labels = fitted[best_k]
     if len(Z_sel) < len(Z_fit):
-        estimator = build_estimator(model, best_k).fit(Z_fit)
-        log.info("k=%d fitted on %d customers", best_k, len(Z_fit))
+        # The fit sample holds the selection sample: its fit is where the larger fit starts.
+        estimator = _refit(estimator, model, Z_fit)
+        log.info("k=%d fitted on %d customers in %d iterations", best_k, len(Z_fit), estimator.n_iter_)
     if len(Z_sel) < n:
         labels = _predict_in_chunks(estimator, Z)
     segment_model = SegmentModel(features=list(features), transform_=transformer, estimator_=estimator,
