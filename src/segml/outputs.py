@@ -82,18 +82,40 @@ def write_results(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.
     return written
 
 
-def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame],
-                figures: dict, report_pages: list | None = None) -> dict[str, Path]:
-    """Render a run's files into ``folder`` (a staging area): tables, plots as PNG, the PDF report."""
-    from segml.report import write_report
-
-    written = write_results(folder, assignments, tables)
+def save_figures(folder: Path, figures: dict) -> dict[str, Path]:
+    """Every figure as ``folder/<name>.png``."""
+    written = {}
     for stem, figure in figures.items():
-        path = folder / "plots" / f"{stem}.png"
+        path = folder / f"{stem}.png"
         write_atomic(path, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=110))
         written[f"plot_{stem}"] = path
+    return written
+
+
+def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                figures: dict, report_pages: list | None = None) -> dict[str, Path]:
+    """Render a run's files into ``folder`` (a staging area): tables, plots as PNG, the PDF report.
+
+    Drawing is matplotlib's single-threaded work: the PNGs and the PDF are
+    drawn in two worker processes (joblib's, usually already started by the
+    model fit) while this process writes the tables.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from joblib import Parallel, delayed
+
+    from segml.report import write_report
+
+    drawing = [delayed(save_figures)(folder / "plots", figures)]
     if report_pages is not None:
-        written["report"] = write_report(folder / "segment_report.pdf", report_pages)
+        drawing.append(delayed(write_report)(folder / "segment_report.pdf", report_pages))
+    with ThreadPoolExecutor(1) as thread:  # waits on the workers while this thread writes the tables
+        drawn = thread.submit(Parallel(n_jobs=min(len(drawing), os.cpu_count() or 1)), drawing)
+        written = write_results(folder, assignments, tables)
+        figures_written, *report = drawn.result()
+    written.update(figures_written)
+    if report:
+        written["report"] = report[0]
     return written
 
 
