@@ -183,3 +183,28 @@ def test_fingerprint_follows_the_content_not_the_order(hand_lines):
     register_frame(con, hand_lines)
     total = con.execute("SELECT sum(hash(invoice, client, \"when\", qty, price)::HUGEINT) FROM raw_purchases").fetchone()[0]
     assert fingerprint(hand_lines) == f"20:{int(total) % 2**64:016x}"
+
+
+def test_rejected_lines_keep_the_source_values_and_types_exactly(tmp_path):
+    source = pd.DataFrame({
+        "invoice": ["A1", "A2", "A3", "A4", "A5", "A6"],
+        "client": ["c1", "  ", "c3", "c4", 'c"5,}', "c6"],
+        "when": pd.to_datetime(["2024-01-02 10:00:00.123456", "2024-01-03 00:00:00", None, "2024-01-04 00:00:00", "2024-01-05 00:00:00",
+                                "2024-01-06 00:00:00"], format="ISO8601"),
+        "qty": pd.array([1, 2, 3, 0, 4, 5], dtype="int32"),
+        "price": [9.99, 1.0, 2.0, 3.0, float("nan"), float("-inf")],
+    })
+    path = tmp_path / "lines.parquet"
+    source.to_parquet(path)
+    config = parse_config({"data": {"path": str(path), "columns": {
+        "customer_id": "client", "timestamp": "when", "order_id": "invoice", "quantity": "qty",
+        "unit_price": "price"}}, "window": {"as_of": "2024-02-01"}})
+    rejected = prepare_purchases(config).rejected
+    # pandas writes NaN to Parquet as a null: a missing amount.
+    assert rejected["reason"].tolist() == ["missing_customer_id", "missing_timestamp", "zero_quantity",
+                                           "missing_amount", "non_numeric_amount"]
+    assert rejected["line"].tolist() == [2, 3, 4, 5, 6]
+    kept = rejected.drop(columns=["line", "reason"]).reset_index(drop=True)
+    expected = source.iloc[1:].reset_index(drop=True)
+    assert kept.dtypes.astype(str).tolist()[3:] == ["int32", "float64"]
+    pd.testing.assert_frame_equal(kept, expected, check_dtype=False)
