@@ -92,7 +92,8 @@ JOIN (SELECT segmentation, max(as_of) AS as_of FROM segml_publications GROUP BY 
   ON a.segmentation = latest.segmentation AND a.as_of = latest.as_of
 """
 
-ASSIGNMENT_COLUMNS = [c.name for c in assignments_table.columns]
+#: The columns of the published ``segml_assignments`` table (segmentation.ASSIGNMENT_COLUMNS are the frame's).
+TABLE_COLUMNS = [c.name for c in assignments_table.columns]
 
 #: Schema migrations: version -> statements that bring version - 1 up to it.
 MIGRATIONS: dict[int, list[str]] = {}
@@ -148,7 +149,7 @@ def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetim
     frame["segment_changed"] = frame["segment_changed"].astype("boolean")
     frame["previous_segment_id"] = frame["previous_segment_id"].astype(object).where(
         frame["previous_segment_id"].notna(), None)
-    return frame[ASSIGNMENT_COLUMNS]
+    return frame[TABLE_COLUMNS]
 
 
 def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
@@ -157,7 +158,7 @@ def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: C
     import pyarrow.csv as pacsv
 
     cursor = connection.connection.driver_connection.cursor()
-    columns = ", ".join(ASSIGNMENT_COLUMNS)
+    columns = ", ".join(TABLE_COLUMNS)
     options = pacsv.WriteOptions(include_header=False)
     with cursor.copy(f"COPY segml_assignments ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
         for start in range(0, len(rows), CHUNK_ROWS):
@@ -172,7 +173,7 @@ def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: C
 def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
     """Plain ``executemany`` on the driver, with values already in SQLAlchemy's SQLite storage formats."""
     values = {}
-    for column in ASSIGNMENT_COLUMNS:
+    for column in TABLE_COLUMNS:
         series = rows[column]
         if column in ("segmentation", "as_of", "published_at") and len(series) and series.nunique() == 1:
             # One value for the whole publication: format it once.
@@ -189,9 +190,9 @@ def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Cal
             series = series.dt.tz_convert("UTC").dt.strftime("%Y-%m-%d %H:%M:%S.%f")
         values[column] = series.astype(object).where(series.notna(), None).tolist()
     cursor = connection.connection.driver_connection.cursor()
-    placeholders = ", ".join("?" for _ in ASSIGNMENT_COLUMNS)
-    statement = f"INSERT INTO segml_assignments ({', '.join(ASSIGNMENT_COLUMNS)}) VALUES ({placeholders})"
-    table = list(zip(*(values[c] for c in ASSIGNMENT_COLUMNS)))
+    placeholders = ", ".join("?" for _ in TABLE_COLUMNS)
+    statement = f"INSERT INTO segml_assignments ({', '.join(TABLE_COLUMNS)}) VALUES ({placeholders})"
+    table = list(zip(*(values[c] for c in TABLE_COLUMNS)))
     for start in range(0, len(table), CHUNK_ROWS):
         cursor.executemany(statement, table[start:start + CHUNK_ROWS])
         if after_chunk:
@@ -238,7 +239,7 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
 
 def read_current(engine: sa.Engine, segmentation: str) -> pd.DataFrame:
     """The current assignments of a segmentation (its latest published as-of date)."""
-    view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in ASSIGNMENT_COLUMNS])
+    view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in TABLE_COLUMNS])
     with engine.connect() as connection:
         return pd.read_sql(sa.select(view).where(view.c.segmentation == segmentation)
                            .order_by(view.c.customer_id), connection)

@@ -22,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from segml.errors import SegmlError
-from segml.publish import ASSIGNMENT_COLUMNS, CURRENT_VIEW
+from segml.publish import CURRENT_VIEW, TABLE_COLUMNS
 
 #: Columns a condition may compare, with the kind of value each takes.
 TARGET_COLUMNS: dict[str, str] = {
@@ -131,7 +131,7 @@ def select_customers(engine: sa.Engine, segmentation: str, segments: list[str], 
                      ) -> pd.DataFrame:
     """Current assignments of ``segmentation`` in ``segments`` (ids or names; all when empty)
     that meet every condition, ordered by customer id."""
-    view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in ASSIGNMENT_COLUMNS])
+    view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in TABLE_COLUMNS])
     query = sa.select(view).where(view.c.segmentation == sa.bindparam("segmentation", segmentation))
     if segments:
         query = query.where(sa.or_(view.c.segment_id.in_(segments), view.c.segment_name.in_(segments)))
