@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from segml.config import ColumnMap, DataConfig
-from segml.dialects import quote, sql_string
+from segml.dialects import DUCKDB, quote, sql_string
 from segml.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,12 @@ def check_columns(found: list[str], columns: ColumnMap, config_name: str) -> Non
 
 
 def line_hashes(con: duckdb.DuckDBPyConnection) -> np.ndarray:
-    """The 64-bit hash of every line of ``raw_purchases`` (all its own columns), sorted."""
+    """The 64-bit hash of every line of ``raw_purchases`` (all its own columns), sorted.
+
+    The same hash as ``validation.contract_sql`` computes, so the repeated ones find their lines there.
+    """
     columns = ", ".join(quote(c) for c in column_types(con))
-    hashes = con.execute(f"SELECT hash({columns}) AS h FROM {RAW}").fetchnumpy()["h"]
+    hashes = con.execute(f"SELECT {DUCKDB.hash(columns)} AS h FROM {RAW}").fetchnumpy()["h"]
     hashes.sort()
     return hashes
 

@@ -194,7 +194,7 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
     raw_struct = d.struct(list(types))
     if repeated is None:
         numbered_sql = f"SELECT {all_columns}, {line} AS __line FROM {RAW}"
-        duplicates, scanned = "", "numbered"
+        duplicates, scanned, duplicate = "", "numbered", "false"
     else:
         numbered_sql = f"SELECT {all_columns}, {line} AS __line, {d.hash(all_columns)} AS __hash FROM {RAW}"
         duplicates = f"""repeated AS ({repeated}), copies AS (
@@ -202,7 +202,7 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
             FROM numbered WHERE __hash IN (SELECT __hash FROM repeated)
             WINDOW same_hash AS (PARTITION BY __hash ORDER BY __line)
         ),"""
-        scanned = "numbered LEFT JOIN copies USING (__line)"
+        scanned, duplicate = "numbered LEFT JOIN copies USING (__line)", "COALESCE(copies.__duplicate, false)"
     # A source without its own line numbers (CSV) read twice is numbered
     # once and kept; one with them (Parquet, loaded tables) is cheaper to scan again.
     materialized = d.materialized(line.startswith("row_number()") and repeated is not None)
@@ -212,8 +212,7 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
     # (usually few) rejected lines.
     return f"""
         WITH numbered AS {materialized} ({numbered_sql}), {duplicates} cleaned AS (
-            SELECT numbered.*, {", ".join(cleaned)},
-                   {"COALESCE(copies.__duplicate, false)" if repeated is not None else "false"} AS __duplicate
+            SELECT numbered.*, {", ".join(cleaned)}, {duplicate} AS __duplicate
             FROM {scanned}
         ), parsed AS (
             SELECT *, {", ".join(parsed)} FROM cleaned
