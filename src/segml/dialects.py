@@ -131,20 +131,6 @@ class Dialect:
             return f"CASE WHEN {text} LIKE ' %' OR {text} LIKE '% ' THEN NULLIF(trim({text}), '') ELSE NULLIF({text}, '') END"
         return f"NULLIF(trim({text}), '')"
 
-    def first_true(self, names: list[str], conditions: list[str]) -> str:
-        """The name of the first condition that holds, else NULL.
-
-        DuckDB gets a position in a list rather than a CASE: it then
-        evaluates the conditions, and the parsing they share with the rest of
-        the query, once per batch (a CASE made it parse again in every
-        branch, 40% of the contract's time). Spark's CASE is fine.
-        """
-        if self.name == "duckdb":
-            labels = ", ".join(sql_string(n) for n in names)
-            tests = ", ".join(f"({c})" for c in conditions)
-            return f"[{labels}][list_position([{tests}], true)]"
-        return "CASE " + " ".join(f"WHEN {c} THEN {sql_string(n)}" for n, c in zip(names, conditions)) + " END"
-
     def pack(self, fields: dict[str, str]) -> str:
         """A struct of named expressions."""
         if self.name == "duckdb":

@@ -63,19 +63,20 @@ def features_sql(as_of: dt.date, d: Dialect = DUCKDB) -> str:
             SELECT customer_id,
                 max(last_purchase) AS last_purchase,
                 min(first_purchase) AS first_purchase,
-                count(*) FILTER (WHERE purchased) AS frequency,
+                -- An order has a purchase day when one of its lines is not a return.
+                count(*) FILTER (WHERE last_purchase IS NOT NULL) AS frequency,
                 -- Rounded to 1e-6 whatever the order in which the engine adds the lines,
                 -- so a fully cancelled order nets to exactly 0.
                 {d.exact_sum("amount")} AS monetary
             FROM {ORDERS}
-            WHERE status = 'used'
+            WHERE reason IS NULL
             GROUP BY customer_id
         )
         SELECT customer_id,
-            {d.days_between("CAST(last_purchase AS DATE)", as_of_sql)} AS recency_days,
+            {d.days_between("last_purchase", as_of_sql)} AS recency_days,
             frequency,
             monetary,
-            {d.days_between("CAST(first_purchase AS DATE)", as_of_sql)} AS tenure_days,
+            {d.days_between("first_purchase", as_of_sql)} AS tenure_days,
             CASE WHEN frequency > 0 THEN monetary / frequency END AS avg_order_value,
             CASE WHEN frequency = 0 THEN 'no_purchases'
                  WHEN monetary <= 0 THEN 'non_positive_spend' END AS reason
