@@ -88,7 +88,9 @@ def split_features(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(features, excluded)`` from the rows of :func:`features_sql` ordered by customer id."""
     table = table.astype({"frequency": "int64", "monetary": "float64", "avg_order_value": "float64"})
     keep = table["reason"].isna()
-    features = table.loc[keep].drop(columns="reason").set_index("customer_id")
+    # Usually nobody is excluded: the table as it is, rather than a copy of millions of rows.
+    kept = table if keep.all() else table.loc[keep]
+    features = kept.drop(columns="reason").set_index("customer_id")
     features = features.astype({"recency_days": "int64", "tenure_days": "int64"})
     # A customer with only returns has no purchase dates: nullable whole days.
     excluded = table.loc[~keep].reset_index(drop=True).astype(
@@ -107,4 +109,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> tuple[pd
     # Through Arrow: a quarter faster than DuckDB's own pandas conversion for a million customers.
     relation = con.sql(f"{features_sql(as_of)} ORDER BY customer_id")
     table = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
-    return split_features(table.to_pandas())
+    # Each Arrow column is freed once converted, so the two copies never coexist whole.
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    return split_features(frame)

@@ -358,9 +358,12 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     types, line = column_types(con), line_number(con)
     hashes = line_hashes(con)
     repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-    con.register("_repeated", pd.DataFrame({"__hash": repeated}))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {REPEATED} AS SELECT CAST(__hash AS UBIGINT) AS __hash FROM _repeated")
-    con.unregister("_repeated")
+    rows_read, fingerprint = len(hashes), fingerprint_of(len(hashes), int(hashes.sum(dtype=np.uint64)))
+    del hashes  # 8 bytes a line: gone before the main pass needs the memory
+    if len(repeated):
+        con.register("_repeated", pd.DataFrame({"__hash": repeated}))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {REPEATED} AS SELECT CAST(__hash AS UBIGINT) AS __hash FROM _repeated")
+        con.unregister("_repeated")
     last = con.execute(last_valid_sql(data, types, line)).fetchone()[0] if window.as_of is None else None
     as_of, window_start = window_of(window, last)
     contract = contract_sql(data, types, line, repeated=f"SELECT __hash FROM {REPEATED}" if len(repeated) else None)
@@ -368,8 +371,7 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start)}")
     con.execute(f"CREATE OR REPLACE TABLE {ORDERS} AS {orders_sql()}")
     con.execute(f"CREATE OR REPLACE VIEW {REJECTED} AS {rejected_sql()}")
-    return build_report(len(hashes), con.execute(COUNTS_SQL).fetchall(), as_of, window_start,
-                        fingerprint=fingerprint_of(len(hashes), int(hashes.sum(dtype=np.uint64))))
+    return build_report(rows_read, con.execute(COUNTS_SQL).fetchall(), as_of, window_start, fingerprint=fingerprint)
 
 
 def rejected_lines(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> pd.DataFrame:
