@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
 
 from segml import models
 from segml.config import ModelConfig, TransformConfig
@@ -147,3 +149,23 @@ def test_the_chosen_k_refitted_on_the_fit_sample_matches_a_fit_on_everyone(algor
     assert (candidates["fitted_on"] == 1500).all() and sampled.n_segments == 4
     assert adjusted_rand_score(full.predict(X), sampled.predict(X)) >= 0.99
     assert adjusted_rand_score(truth, sampled.predict(X)) >= 0.9
+
+
+def test_the_faster_mixture_fits_what_scikit_learn_fits():
+    # Groups so far apart that most log-responsibilities are minus thousands: the floored E-step's case.
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [40.0, 0.0], [0.0, 40.0], [40.0, 40.0]])
+    Z = np.vstack([c + rng.normal(0, 1.0, size=(500, 2)) for c in centres])
+    params = {"n_components": 4, "covariance_type": "diag", "n_init": 2, "random_state": 0, "reg_covar": 1e-5}
+    ours, theirs = models.Mixture(**params).fit(Z), GaussianMixture(**params).fit(Z)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=1e-9)
+    np.testing.assert_allclose(ours.means_, theirs.means_, atol=1e-8)
+    np.testing.assert_array_equal(ours.predict(Z), theirs.predict(Z))
+    proba = ours.predict_proba(Z)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(proba, theirs.predict_proba(Z), atol=1e-12)
+    assert ours.bic(Z) == pytest.approx(theirs.bic(Z), rel=1e-9)
+    # Without the floor the far log-responsibilities would be far below it.
+    assert theirs._estimate_log_prob_resp(Z)[1].min() < models.LOG_FLOOR
+    assert isinstance(clone(ours), models.Mixture) and clone(ours).get_params() == ours.get_params()
