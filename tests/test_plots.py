@@ -1,0 +1,53 @@
+"""The figures' own statistics, checked against matplotlib's."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import cbook
+
+from segml.plots import box_stats, plot_feature_distributions, plot_snake
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_box_statistics_are_matplotlibs(seed):
+    rng = np.random.default_rng(seed)
+    # Skewed spend with far outliers on both sides, as real purchases have.
+    values = np.concatenate([np.exp(rng.normal(4, 1, 5_000)), [1e-2, 1e-2, 5e5, 9e5]])
+    ours = box_stats(values)
+    theirs = cbook.boxplot_stats(values)[0]
+    for key in ("med", "q1", "q3", "whislo", "whishi"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
+    assert ours["whishi"] < 5e5  # the large outliers lie beyond the upper whisker
+    assert ours["whislo"] == 1e-2  # q1 - 1.5 IQR is below zero: the lower whisker reaches the smallest value
+
+
+def test_box_statistics_of_nothing_are_missing():
+    assert all(np.isnan(v) for v in box_stats(np.array([])).values())
+
+
+def test_feature_distributions_draw_one_box_per_segment():
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame({"recency_days": rng.integers(1, 400, 600), "monetary": np.exp(rng.normal(5, 1, 600))})
+    labels = np.repeat([0, 1, 2], 200)
+    segments = pd.DataFrame({"segment": [0, 1, 2], "segment_id": ["S1", "S2", "S3"],
+                             "segment_name": ["Loyal", "New", "Lapsed"]})
+    fig = plot_feature_distributions(features, labels, segments)
+    assert len(fig.axes) == 2
+    assert all(len(ax.patches) == 3 for ax in fig.axes)
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def test_the_snake_plot_shows_each_segments_standardised_mean():
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(900, 3)) + np.repeat([[0, 0, 0], [2, 0, -1], [0, 3, 1]], 300, axis=0)
+    labels = np.repeat([0, 1, 2], 300)
+    segments = pd.DataFrame({"segment": [0, 1, 2], "segment_id": ["S1", "S2", "S3"],
+                             "segment_name": ["A", "B", "C"]})
+    fig = plot_snake(Z, labels, segments, ["recency_days", "frequency", "monetary"])
+    drawn = np.array([line.get_ydata() for line in fig.axes[0].get_lines()[:3]])
+    expected = np.array([(Z[labels == s].mean(axis=0) - Z.mean(axis=0)) / Z.std(axis=0) for s in range(3)])
+    np.testing.assert_allclose(drawn, expected, atol=1e-12)
