@@ -51,3 +51,15 @@ def test_the_snake_plot_shows_each_segments_standardised_mean():
     drawn = np.array([line.get_ydata() for line in fig.axes[0].get_lines()[:3]])
     expected = np.array([(Z[labels == s].mean(axis=0) - Z.mean(axis=0)) / Z.std(axis=0) for s in range(3)])
     np.testing.assert_allclose(drawn, expected, atol=1e-12)
+
+
+def test_each_box_summarises_its_own_segment():
+    # Segments interleaved in the rows and of very different spend: each box must hold its own customers.
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 3_000)
+    spend = np.exp(rng.normal(2 + 2 * labels, 0.3))
+    features = pd.DataFrame({"monetary": spend})
+    segments = pd.DataFrame({"segment": [0, 1, 2], "segment_id": ["S1", "S2", "S3"], "segment_name": ["a", "b", "c"]})
+    fig = plot_feature_distributions(features, labels, segments)
+    medians = [line.get_xdata()[0] for line in fig.axes[0].get_lines() if line.get_color() == "C1"]
+    np.testing.assert_allclose(medians, [np.median(spend[labels == s]) for s in range(3)])

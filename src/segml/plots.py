@@ -86,7 +86,8 @@ def box_stats(values: np.ndarray) -> dict[str, float]:
     q1, med, q3 = np.percentile(values, [25, 50, 75])
     reach = 1.5 * (q3 - q1)
     return {"med": med, "q1": q1, "q3": q3,
-            "whislo": values[values >= q1 - reach].min(), "whishi": values[values <= q3 + reach].max()}
+            "whislo": np.min(values, where=values >= q1 - reach, initial=np.inf),
+            "whishi": np.max(values, where=values <= q3 + reach, initial=-np.inf)}
 
 
 def plot_feature_distributions(features: pd.DataFrame, labels: np.ndarray, segments: pd.DataFrame,
@@ -96,11 +97,14 @@ def plot_feature_distributions(features: pd.DataFrame, labels: np.ndarray, segme
     fig = Figure(figsize=(11, 3.2 * len(columns)), layout="constrained")
     colours = segment_colours(len(segments))
     names = _labels(segments)
-    members = [labels == s for s in segments["segment"]]
+    # Customers ordered by segment once: each segment's values are then one slice per feature.
+    order = np.argsort(labels, kind="stable")
+    ends = np.cumsum(np.bincount(labels, minlength=int(segments["segment"].max()) + 1))
+    starts = ends - np.bincount(labels, minlength=len(ends))
     for i, column in enumerate(columns):
         ax = fig.add_subplot(len(columns), 1, i + 1)
-        values = np.clip(features[column].to_numpy(dtype=float), 1e-2, None)
-        stats = [box_stats(values[m]) for m in members]
+        values = np.clip(features[column].to_numpy(dtype=float)[order], 1e-2, None)
+        stats = [box_stats(values[starts[s]:ends[s]]) for s in segments["segment"]]
         box = ax.bxp(stats, orientation="horizontal", patch_artist=True, showfliers=False, widths=0.6)
         for patch, colour in zip(box["boxes"], colours):
             patch.set_facecolor(colour)
