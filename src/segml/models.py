@@ -99,8 +99,8 @@ def build_estimator(config: ModelConfig, n_clusters: int) -> KMeans | GaussianMi
         return KMeans(n_clusters=n_clusters, n_init=config.n_init, max_iter=config.max_iter,
                       random_state=config.random_state)
     return Mixture(n_components=n_clusters, covariance_type=config.covariance_type,
-                           n_init=config.n_init, max_iter=config.max_iter, random_state=config.random_state,
-                           reg_covar=1e-5)
+                   n_init=config.n_init, max_iter=config.max_iter, random_state=config.random_state,
+                   reg_covar=1e-5)
 
 
 @dataclass

@@ -10,9 +10,9 @@ order of :data:`REJECTION_REASONS`.
 The lines are read once, into the table ``order_lines``: one row per
 customer, order and reason (none for used lines) with the line count, the
 order's first and last purchase day and value, and the rejected lines' own
-values. The counts, the features
-(:mod:`segml.features`) and the rejected lines all come from that table, which
-holds about one row per order instead of one per line.
+values. The counts, the features (:mod:`segml.features`) and the rejected
+lines all come from that table, which holds about one row per order instead
+of one per line.
 """
 
 from __future__ import annotations
