@@ -99,8 +99,9 @@ def plot_feature_distributions(features: pd.DataFrame, labels: np.ndarray, segme
     names = _labels(segments)
     # Customers ordered by segment once: each segment's values are then one slice per feature.
     order = np.argsort(labels, kind="stable")
-    ends = np.cumsum(np.bincount(labels, minlength=int(segments["segment"].max()) + 1))
-    starts = ends - np.bincount(labels, minlength=len(ends))
+    counts = np.bincount(labels, minlength=int(segments["segment"].max()) + 1)
+    ends = np.cumsum(counts)
+    starts = ends - counts
     for i, column in enumerate(columns):
         ax = fig.add_subplot(len(columns), 1, i + 1)
         values = np.clip(features[column].to_numpy(dtype=float)[order], 1e-2, None)
