@@ -259,17 +259,16 @@ def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB)
     start_sql = d.timestamp_literal(window_start.isoformat()) if window_start else "NULL"
     as_of_sql = d.timestamp_literal(as_of.isoformat())
     return f"""
-        SELECT __line AS line, __cid AS customer_id, __ts AS ts, __order AS order_key,
-            __amount AS amount, __ret AS is_return,
-            CASE WHEN __reason IS NOT NULL THEN 'rejected'
-                 WHEN __ts >= {as_of_sql} THEN 'outside_window'
-                 WHEN __ts < {start_sql} THEN 'outside_window'
-                 ELSE 'used' END AS status,
-            CASE WHEN __reason IS NOT NULL THEN __reason
-                 WHEN __ts >= {as_of_sql} THEN 'after_as_of'
-                 WHEN __ts < {start_sql} THEN 'before_window' END AS reason,
-            __raw AS source
-        FROM {STAGED}
+        SELECT line, customer_id, ts, order_key, amount, is_return, {status_of("reason")} AS status, reason, source
+        FROM (
+            SELECT __line AS line, __cid AS customer_id, __ts AS ts, __order AS order_key,
+                __amount AS amount, __ret AS is_return,
+                CASE WHEN __reason IS NOT NULL THEN __reason
+                     WHEN __ts >= {as_of_sql} THEN 'after_as_of'
+                     WHEN __ts < {start_sql} THEN 'before_window' END AS reason,
+                __raw AS source
+            FROM {STAGED}
+        ) AS __windowed
     """
 
 
