@@ -63,3 +63,29 @@ def test_each_box_summarises_its_own_segment():
     fig = plot_feature_distributions(features, labels, segments)
     medians = [line.get_xdata()[0] for line in fig.axes[0].get_lines() if line.get_color() == "C1"]
     np.testing.assert_allclose(medians, [np.median(spend[labels == s]) for s in range(3)])
+
+
+def _tick_labels(ax) -> list[str]:
+    ax.figure.canvas.draw()  # labels exist once the axis is drawn
+    low, high = ax.get_xlim()
+    return [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks()) if low <= v <= high]
+
+
+def test_log_axes_are_labelled_in_plain_numbers():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 500)
+    features = pd.DataFrame({
+        "frequency": rng.integers(1, 40, 1_000),  # under two decades: 1, 2, 5, 10, 20
+        "monetary": np.exp(rng.uniform(0, 13, 1_000)),  # about six decades: powers of ten only
+    })
+    segments = pd.DataFrame({"segment": [0, 1], "segment_id": ["S1", "S2"], "segment_name": ["a", "b"]})
+    fig = plot_feature_distributions(features, labels, segments)
+    FigureCanvasAgg(fig)
+    few, many = (_tick_labels(ax) for ax in fig.axes)
+    assert {"1", "2", "5", "10", "20"} <= set(few)
+    assert "1,000" in many and "100,000" in many
+    assert not {"2", "5", "20", "200"} & set(many)
+    assert all(not ax.xaxis.get_minorticklocs().size for ax in fig.axes)
+
