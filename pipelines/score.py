@@ -28,7 +28,7 @@ from pipelines.segment import (
 from segml import tracking
 from segml.config import SegmlConfig, load_config
 from segml.errors import SegmlError
-from segml.identity import migrate
+from segml.identity import migrate, with_migration
 from segml.outputs import write_csv, write_results
 
 SCORE_CHUNK_ROWS = 100_000
@@ -69,7 +69,7 @@ def assign_customers(model: Any, published: tracking.Published, features: pd.Dat
     for column in ("segment_id", "segment_name", "segment_probability"):
         table[column] = scored[column].to_numpy()
     table["as_of"] = as_of
-    table = table.merge(migrate(published.assignments, table).customers, on="customer_id", how="left")
+    table = with_migration(table, migrate(published.assignments, table))
     table["run_id"] = run_id
     table["model_version"] = published.version
     return table[CRM_COLUMNS]

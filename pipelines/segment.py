@@ -27,7 +27,15 @@ from segml import tracking
 from segml.config import SegmlConfig, load_config
 from segml.contract import CRM_COLUMNS
 from segml.errors import QualityGateError, SegmlError
-from segml.identity import Identity, Migration, assign_identities, drift, evaluate_gates, migrate
+from segml.identity import (
+    Identity,
+    Migration,
+    assign_identities,
+    drift,
+    evaluate_gates,
+    migrate,
+    with_migration,
+)
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
 from segml.outputs import publish_folder, stage_files, write_csv
@@ -137,22 +145,28 @@ def run_metrics(purchases: Purchases, scored: Quality, segments: pd.DataFrame) -
 
 
 @task(cache_policy=NO_CACHE)
-def record_run(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, model: SegmentModel,
-               candidates: pd.DataFrame, segments: pd.DataFrame, assignments: pd.DataFrame,
-               migration: Migration, metrics: dict[str, float]) -> tuple[pd.DataFrame, int]:
-    """Log params, metrics, candidate child runs and the registered model; returns the CRM table and version."""
+def register_model(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, model: SegmentModel,
+                   segments: pd.DataFrame, assignments: pd.DataFrame,
+                   migration: Migration) -> tuple[pd.DataFrame, int]:
+    """Log and register the model; returns the CRM table (with run id and model version) and the version."""
+    names = {int(r.segment): (r.segment_id, r.segment_name) for r in segments.itertuples()}
+    _, version = tracking.log_model(handle, config, model, names, purchases.features)
+    table = with_migration(assignments, migration)
+    table["run_id"] = handle.run_id
+    table["model_version"] = version
+    get_run_logger().info("registered model %r version %d", config.registered_model_name, version)
+    return table[CRM_COLUMNS], version
+
+
+@task(cache_policy=NO_CACHE)
+def record_run(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, candidates: pd.DataFrame,
+               metrics: dict[str, float]) -> None:
+    """Log params, metrics and a child run per candidate k."""
     params = tracking.flatten(config.model_dump(mode="json"))
     params.update(as_of=purchases.report.as_of.isoformat(), input_fingerprint=purchases.report.fingerprint,
                   segml_version=segml.__version__, tracking_uri=_without_password(handle.uri))
     tracking.log_params_and_metrics(handle, params, metrics)
     tracking.log_candidates(handle, candidates, config.model.algorithm)
-    names = {int(r.segment): (r.segment_id, r.segment_name) for r in segments.itertuples()}
-    _, version = tracking.log_model(handle, config, model, names, purchases.features)
-    table = assignments.merge(migration.customers, on="customer_id", how="left", validate="one_to_one")
-    table["run_id"] = handle.run_id
-    table["model_version"] = version
-    get_run_logger().info("registered model %r version %d", config.registered_model_name, version)
-    return table[CRM_COLUMNS], version
 
 
 @task(cache_policy=NO_CACHE)
@@ -318,18 +332,18 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
         gates = evaluate_gates(cfg.gates.model_dump(), metrics)
         failed = [g for g in gates if not g.passed]
         metrics.update({f"gate.{g.gate}": float(g.passed) for g in gates}, gates_passed=float(not failed))
-        assignments, version = record_run(handle, cfg, purchases, model, candidates, segments, base, migration,
-                                          metrics)
-        gate_lines = ([f"Quality gates: {'; '.join(g.describe() for g in gates)}; "
-                       + ("FAILED, not published." if failed else "all passed.")] if gates else [])
-        destination = Path(cfg.output.dir) / cfg.name / purchases.report.as_of.isoformat()
-        # When the gates pass, the database publication (one transaction) runs in a worker thread
-        # while the files are rendered and logged; the files are published only after it succeeded,
-        # and the alias last: a failure on the way leaves the previous champion as the one the next
-        # run matches.
+        assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration)
+        # When the gates pass, the database publication (one transaction) runs in a worker thread as
+        # soon as the model version is known, while the rest is recorded and the files are rendered and
+        # logged; the files are published only after it succeeded, and the alias last: a failure on the
+        # way leaves the previous champion as the one the next run matches.
         database_run = (publish_database.submit(cfg, purchases.report.as_of, assignments, identity,
                                                 handle.run_id, version)
                         if cfg.publish.database and not failed else None)
+        record_run(handle, cfg, purchases, candidates, metrics)
+        gate_lines = ([f"Quality gates: {'; '.join(g.describe() for g in gates)}; "
+                       + ("FAILED, not published." if failed else "all passed.")] if gates else [])
+        destination = Path(cfg.output.dir) / cfg.name / purchases.report.as_of.isoformat()
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
             render_files(staging, cfg, config_path, purchases, model, candidates, scored, identity, migration,

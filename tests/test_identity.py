@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from segml.config import FEATURES
-from segml.identity import assign_identities, evaluate_gates, migrate, population_stability
+from segml.identity import assign_identities, evaluate_gates, migrate, population_stability, with_migration
 
 AS_OF = dt.date(2024, 1, 1)
 MODEL_FEATURES = ["recency_days", "frequency", "monetary"]
@@ -83,6 +83,26 @@ def test_migration_counts_known_moves_new_and_lapsed_customers():
     assert bool(by_customer.loc["b", "segment_changed"]) is True
     assert pd.isna(by_customer.loc["f", "previous_segment_id"]) and pd.isna(by_customer.loc["f", "segment_changed"])
 
+
+
+def test_each_assignment_gets_its_own_previous_segment():
+    previous = pd.DataFrame({"customer_id": ["c", "a", "x"], "segment_id": ["S2", "S1", "S9"]})
+    current = pd.DataFrame({"customer_id": ["a", "b", "c"], "segment_id": ["S1", "S1", "S3"], "monetary": [1.0, 2, 3]})
+    table = with_migration(current, migrate(previous, current))
+    assert table["customer_id"].tolist() == ["a", "b", "c"] and table["monetary"].tolist() == [1.0, 2, 3]
+    assert table["previous_segment_id"].tolist()[::2] == ["S1", "S2"] and pd.isna(table["previous_segment_id"][1])
+    assert table["segment_changed"].tolist()[::2] == [False, True] and pd.isna(table["segment_changed"][1])
+    first = with_migration(current, migrate(None, current))
+    assert first["previous_segment_id"].isna().all() and first["segment_changed"].isna().all()
+
+
+def test_a_migration_of_other_customers_is_refused():
+    current = pd.DataFrame({"customer_id": ["a", "b"], "segment_id": ["S1", "S2"]})
+    migration = migrate(None, current)
+    with pytest.raises(ValueError, match="other customers"):
+        with_migration(current.iloc[::-1], migration)
+    with pytest.raises(ValueError, match="other customers"):
+        with_migration(current.iloc[:1], migration)
 
 def test_population_stability_is_zero_for_the_same_distribution_and_large_for_a_shift():
     rng = np.random.default_rng(0)

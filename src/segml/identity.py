@@ -146,14 +146,18 @@ def _next_catalogue(segments: pd.DataFrame, previous: pd.DataFrame | None, retir
 class Migration:
     """Who moved where between the previous published run and this one."""
 
-    customers: pd.DataFrame   # customer_id, previous_segment_id (None for new customers), segment_changed
+    customers: pd.DataFrame   # customer_id, previous_segment_id (None for new customers), segment_changed,
+                              # in the rows' order of the current assignments
     counts: pd.DataFrame      # previous segment x current segment, customers in both runs
     shares: pd.DataFrame      # the same as row shares
     summary: dict[str, float]
 
 
 def migrate(previous: pd.DataFrame | None, current: pd.DataFrame) -> Migration:
-    """Compare two assignment tables (``customer_id``, ``segment_id``) customer by customer."""
+    """Compare two assignment tables (``customer_id``, ``segment_id``) customer by customer.
+
+    ``customers`` lists the customers of ``current`` in its row order.
+    """
     if previous is None:
         customers = pd.DataFrame({"customer_id": current["customer_id"], "previous_segment_id": None,
                                   "segment_changed": None})
@@ -182,6 +186,23 @@ def migrate(previous: pd.DataFrame | None, current: pd.DataFrame) -> Migration:
         "changed_share": float(changed[known].mean()) if known.any() else 0.0,
     }
     return Migration(customers, counts, shares, summary)
+
+
+def with_migration(assignments: pd.DataFrame, migration: Migration) -> pd.DataFrame:
+    """``assignments`` with each customer's ``previous_segment_id`` and ``segment_changed`` from ``migration``
+    (the :func:`migrate` of these assignments).
+
+    The rows line up, so the columns are copied by position: joining a
+    million customer ids took 1.8 s of a flow run.
+    """
+    customers = migration.customers
+    same = (len(customers) == len(assignments)
+            and (customers["customer_id"].to_numpy(dtype=object)
+                 == assignments["customer_id"].astype(str).to_numpy(dtype=object)).all())
+    if not same:
+        raise ValueError("the migration lists other customers, or another order, than the assignments")
+    return assignments.assign(previous_segment_id=customers["previous_segment_id"].array,
+                              segment_changed=customers["segment_changed"].array)
 
 
 def population_stability(previous: pd.Series, current: pd.Series, bins: int = 10) -> float:
