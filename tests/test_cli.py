@@ -25,15 +25,22 @@ def segml_cli(prefect_harness):
     return run
 
 
-def test_demo_writes_sample_data_and_results(segml_cli, tmp_path):
-    result = segml_cli("demo", "--dir", str(tmp_path), "--customers", "600")
+@pytest.fixture(scope="module")
+def demo(segml_cli, tmp_path_factory):
+    """One demo run (300 customers) shared by the tests that read what it published."""
+    folder = tmp_path_factory.mktemp("demo")
+    return segml_cli("demo", "--dir", str(folder), "--customers", "300"), folder
+
+
+def test_demo_writes_sample_data_and_results(demo):
+    result, root = demo
     assert result.returncode == 0, result.stderr
-    folder = tmp_path / "outputs" / "sample" / "2024-01-01"
+    folder = root / "outputs" / "sample" / "2024-01-01"
     assert f"Results are in {folder}" in result.stdout
-    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in result.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}" in result.stdout
     assert "Champions" in result.stdout
     assignments = pd.read_csv(folder / "assignments.csv")
-    assert len(assignments) == 600 and assignments["customer_id"].is_unique
+    assert len(assignments) == 300 and assignments["customer_id"].is_unique
     segments = pd.read_csv(folder / "segments.csv")
     assert set(segments["segment_name"]) == set(assignments["segment_name"])
     contract = pd.read_csv(folder / "contract.csv")
@@ -87,13 +94,14 @@ def test_bad_as_of_date_is_refused(segml_cli):
     assert "--as-of" in result.stderr
 
 
-def test_score_after_demo_uses_the_champion(segml_cli, tmp_path):
-    assert segml_cli("demo", "--dir", str(tmp_path), "--customers", "300").returncode == 0
-    result = segml_cli("score", str(tmp_path / "segml.yaml"))
+def test_score_after_demo_uses_the_champion(segml_cli, demo):
+    published, root = demo
+    assert published.returncode == 0, published.stderr
+    result = segml_cli("score", str(root / "segml.yaml"))
     assert result.returncode == 0, result.stderr
     assert "300 customers scored as of 2024-01-01 with model version 1" in result.stdout
-    scores = pd.read_csv(tmp_path / "outputs" / "sample" / "scores" / "2024-01-01" / "assignments.csv")
-    refit = pd.read_csv(tmp_path / "outputs" / "sample" / "2024-01-01" / "assignments.csv")
+    scores = pd.read_csv(root / "outputs" / "sample" / "scores" / "2024-01-01" / "assignments.csv")
+    refit = pd.read_csv(root / "outputs" / "sample" / "2024-01-01" / "assignments.csv")
     assert scores["segment_id"].tolist() == refit["segment_id"].tolist()
 
 
@@ -104,9 +112,10 @@ def test_backfill_refuses_a_bad_period_before_starting(segml_cli, tmp_path):
     assert "--every 'fortnight' is not a period" in result.stderr and "flow run" not in result.stderr.lower()
 
 
-def test_target_writes_a_campaign_list_from_the_published_run(segml_cli, tmp_path):
-    assert segml_cli("demo", "--dir", str(tmp_path), "--customers", "300").returncode == 0
-    config = str(tmp_path / "segml.yaml")
+def test_target_writes_a_campaign_list_from_the_published_run(segml_cli, demo, tmp_path):
+    published, folder = demo
+    assert published.returncode == 0, published.stderr
+    config = str(folder / "segml.yaml")
     out = tmp_path / "list.csv"
     result = segml_cli("target", config, "--segment", "Champions", "--where", "monetary > 1000", "--out", str(out))
     assert result.returncode == 0, result.stderr
