@@ -79,13 +79,15 @@ def test_log_axes_are_labelled_in_plain_numbers():
     features = pd.DataFrame({
         "frequency": rng.integers(1, 40, 1_000),  # under two decades: 1, 2, 5, 10, 20
         "monetary": np.exp(rng.uniform(0, 13, 1_000)),  # about six decades: powers of ten only
+        "avg_order_value": rng.uniform(8, 45, 1_000),  # under one decade: 10, 20, 30
     })
     segments = pd.DataFrame({"segment": [0, 1], "segment_id": ["S1", "S2"], "segment_name": ["a", "b"]})
     fig = plot_feature_distributions(features, labels, segments)
     FigureCanvasAgg(fig)
-    few, many = (_tick_labels(ax) for ax in fig.axes)
+    few, many, narrow = (_tick_labels(ax) for ax in fig.axes)
     assert {"1", "2", "5", "10", "20"} <= set(few)
     assert "1,000" in many and "100,000" in many
     assert not {"2", "5", "20", "200"} & set(many)
+    assert narrow == ["10", "20", "30"]
     assert all(not ax.xaxis.get_minorticklocs().size for ax in fig.axes)
 
