@@ -84,7 +84,6 @@ def test_migration_counts_known_moves_new_and_lapsed_customers():
     assert pd.isna(by_customer.loc["f", "previous_segment_id"]) and pd.isna(by_customer.loc["f", "segment_changed"])
 
 
-
 def test_each_assignment_gets_its_own_previous_segment():
     previous = pd.DataFrame({"customer_id": ["c", "a", "x"], "segment_id": ["S2", "S1", "S9"]})
     current = pd.DataFrame({"customer_id": ["a", "b", "c"], "segment_id": ["S1", "S1", "S3"], "monetary": [1.0, 2, 3]})
@@ -103,6 +102,7 @@ def test_a_migration_of_other_customers_is_refused():
         with_migration(current.iloc[::-1], migration)
     with pytest.raises(ValueError, match="other customers"):
         with_migration(current.iloc[:1], migration)
+
 
 def test_population_stability_is_zero_for_the_same_distribution_and_large_for_a_shift():
     rng = np.random.default_rng(0)

@@ -90,4 +90,3 @@ def test_log_axes_are_labelled_in_plain_numbers():
     assert not {"2", "5", "20", "200"} & set(many)
     assert narrow == ["10", "20", "30"]
     assert all(not ax.xaxis.get_minorticklocs().size for ax in fig.axes)
-
