@@ -95,6 +95,15 @@ def test_each_assignment_gets_its_own_previous_segment():
     assert first["previous_segment_id"].isna().all() and first["segment_changed"].isna().all()
 
 
+
+def test_numeric_customer_ids_line_up_on_first_and_later_runs():
+    current = pd.DataFrame({"customer_id": [17850, 12583], "segment_id": ["S1", "S2"]})
+    first = with_migration(current, migrate(None, current))
+    assert first["customer_id"].tolist() == [17850, 12583] and first["segment_changed"].isna().all()
+    later = with_migration(current, migrate(pd.DataFrame({"customer_id": ["12583"], "segment_id": ["S1"]}), current))
+    assert later["previous_segment_id"].tolist()[1] == "S1" and bool(later["segment_changed"][1]) is True
+
+
 def test_a_migration_of_other_customers_is_refused():
     current = pd.DataFrame({"customer_id": ["a", "b"], "segment_id": ["S1", "S2"]})
     migration = migrate(None, current)

@@ -156,10 +156,11 @@ class Migration:
 def migrate(previous: pd.DataFrame | None, current: pd.DataFrame) -> Migration:
     """Compare two assignment tables (``customer_id``, ``segment_id``) customer by customer.
 
-    ``customers`` lists the customers of ``current`` in its row order.
+    ``customers`` lists the customers of ``current`` in its row order, ids as text (as the
+    previous run's published table has them).
     """
     if previous is None:
-        customers = pd.DataFrame({"customer_id": current["customer_id"], "previous_segment_id": None,
+        customers = pd.DataFrame({"customer_id": current["customer_id"].astype(str), "previous_segment_id": None,
                                   "segment_changed": None})
         empty = pd.DataFrame()
         return Migration(customers, empty, empty, {"customers_new": float(len(current))})
