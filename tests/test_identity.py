@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from segml.config import FEATURES
-from segml.identity import assign_identities, evaluate_gates, migrate, population_stability, with_migration
+from segml.identity import (
+    assign_identities,
+    evaluate_gates,
+    migrate,
+    population_stability,
+    with_migration,
+)
 
 AS_OF = dt.date(2024, 1, 1)
 MODEL_FEATURES = ["recency_days", "frequency", "monetary"]
