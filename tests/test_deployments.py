@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+import sys
 
-import anyio
 import pandas as pd
 import pytest
 
@@ -28,7 +29,6 @@ def test_every_shipped_config_gets_a_refit_and_a_score_deployment():
 def test_a_scheduled_refit_run_takes_its_as_of_date_from_the_scheduled_time(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.runner import Runner
     from prefect.settings import PREFECT_API_URL
 
     config_path = write_flow_config(tmp_path, window={"as_of": None}, schedule={"timezone": "Europe/London"})
@@ -37,11 +37,12 @@ def test_a_scheduled_refit_run_takes_its_as_of_date_from_the_scheduled_time(pref
     # A run scheduled for 2023-12-01 00:30 London time, executed late: it must still be as of 2023-12-01.
     scheduled = pd.Timestamp("2023-12-01 00:30", tz="Europe/London").to_pydatetime()
     flow_run = run_deployment(f"segment-customers/{refit.name}", scheduled_time=scheduled, timeout=0)
-    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "PATH": os.environ["PATH"]}
-
-    async def execute():
-        await Runner().execute_flow_run(flow_run.id, env=env, stream_output=False)
-    anyio.run(execute)
+    # Executed the way a worker or `prefect flow-run execute` does: a fresh process that
+    # loads the deployment's entrypoint from the repository.
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "execute", str(flow_run.id)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
