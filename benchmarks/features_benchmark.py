@@ -10,6 +10,12 @@ and peak resident memory:
 - ``pandas``: a plain pandas script (read the columns, parse timestamps,
   group by customer: last and first purchase, distinct orders, total spend);
 - ``duckdb_sql``: the same aggregation as one DuckDB query into Arrow;
+- ``duckdb_orders``: the least a contract-keeping path has to do, in DuckDB:
+  the same timestamps parsed, one row per customer and order, then one per
+  customer (distinct orders counted from it), sorted by customer into Arrow;
+  no check of any line;
+- ``hash_pass``: the least exact duplicates cost: every line's 64-bit hash
+  (all columns) read into numpy and sorted;
 - ``segml``: segml's whole path: the data contract (every line checked,
   duplicates found, rejections kept) and the five features as of a date,
   with ``duckdb.memory_limit: 500MB`` (``--memory-limit``);
@@ -78,6 +84,32 @@ def run_duckdb(path: Path) -> int:
     return table.num_rows
 
 
+def run_duckdb_orders(path: Path) -> int:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{os.environ.get('SEGML_BENCH_MEMORY', MEMORY_LIMIT)}'")
+    relation = con.sql(f"""
+        SELECT customer_id, max(last_day) AS last, min(first_day) AS first, count(*) AS orders, sum(spend) AS spend
+        FROM (SELECT customer_id, order_id, max(ts::DATE) AS last_day, min(ts::DATE) AS first_day,
+                     sum(quantity * unit_price) AS spend
+              FROM (SELECT *, strptime(purchased_at, '%Y-%m-%d %H:%M:%S') AS ts FROM '{path}')
+              GROUP BY customer_id, order_id)
+        GROUP BY customer_id ORDER BY customer_id
+    """)
+    return relation.to_arrow_table().num_rows
+
+
+def run_hash_pass(path: Path) -> int:
+    import duckdb
+
+    con = duckdb.connect()
+    columns = ", ".join(f'"{name}"' for name, *_ in con.execute(f"DESCRIBE SELECT * FROM '{path}'").fetchall())
+    hashes = con.execute(f"SELECT hash({columns}) AS h FROM '{path}'").fetchnumpy()["h"]
+    hashes.sort()
+    return len(hashes)
+
+
 def segml_config(path: Path, **extra):
     from segml.config import parse_config
 
@@ -136,7 +168,7 @@ def run_lifetimes(path: Path) -> int:
 
 
 METHODS = {"pandas": run_pandas, "lifetimes": run_lifetimes, "polars": run_polars, "duckdb_sql": run_duckdb,
-           "segml": run_segml, "spark": run_spark}
+           "duckdb_orders": run_duckdb_orders, "hash_pass": run_hash_pass, "segml": run_segml, "spark": run_spark}
 
 
 def child(method: str, path: Path) -> None:
@@ -174,7 +206,7 @@ def measure(method: str, path: Path, memory_limit: str | None = None) -> dict | 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=10_000_000)
-    parser.add_argument("--methods", default="pandas,lifetimes,polars,duckdb_sql,segml")
+    parser.add_argument("--methods", default="pandas,lifetimes,polars,duckdb_sql,duckdb_orders,hash_pass,segml")
     parser.add_argument("--memory-limit", help=f"duckdb.memory_limit of the segml run (default {MEMORY_LIMIT})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
