@@ -86,7 +86,6 @@ def main() -> None:
 
     rows: list[tuple[str, str, str, str]] = []  # what, seconds, peak, notes
     path = features_benchmark.data_path(args.lines)
-    features = {}
     methods = ("pandas", "lifetimes", "polars", "duckdb_sql", *FLOOR, "segml", *(["spark"] if args.spark else []))
     features = measure_features(methods, args.lines, None, rows)
     large = measure_features((*FLOOR, "segml"), args.large, LARGE_LIMIT, rows) if args.large else {}
