@@ -101,7 +101,6 @@ def test_each_assignment_gets_its_own_previous_segment():
     assert first["previous_segment_id"].isna().all() and first["segment_changed"].isna().all()
 
 
-
 def test_numeric_customer_ids_line_up_on_first_and_later_runs():
     current = pd.DataFrame({"customer_id": [17850, 12583], "segment_id": ["S1", "S2"]})
     first = with_migration(current, migrate(None, current))
