@@ -19,7 +19,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pipelines.segment import (
-    CRM_COLUMNS,
     load_purchases,
     publish_files,
     resolve_as_of,
@@ -28,7 +27,7 @@ from pipelines.segment import (
 from segml import tracking
 from segml.config import SegmlConfig, load_config
 from segml.errors import SegmlError
-from segml.identity import migrate, with_migration
+from segml.identity import crm_table, migrate
 from segml.outputs import write_csv, write_results
 
 SCORE_CHUNK_ROWS = 100_000
@@ -69,10 +68,7 @@ def assign_customers(model: Any, published: tracking.Published, features: pd.Dat
     for column in ("segment_id", "segment_name", "segment_probability"):
         table[column] = scored[column].to_numpy()
     table["as_of"] = as_of
-    table = with_migration(table, migrate(published.assignments, table))
-    table["run_id"] = run_id
-    table["model_version"] = published.version
-    return table[CRM_COLUMNS]
+    return crm_table(table, migrate(published.assignments, table), run_id, published.version)
 
 
 @task(cache_policy=NO_CACHE)

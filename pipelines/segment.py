@@ -25,16 +25,15 @@ import segml
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
-from segml.contract import CRM_COLUMNS
 from segml.errors import QualityGateError, SegmlError
 from segml.identity import (
     Identity,
     Migration,
     assign_identities,
+    crm_table,
     drift,
     evaluate_gates,
     migrate,
-    with_migration,
 )
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
@@ -151,11 +150,8 @@ def register_model(handle: tracking.RunHandle, config: SegmlConfig, purchases: P
     """Log and register the model; returns the CRM table (with run id and model version) and the version."""
     names = {int(r.segment): (r.segment_id, r.segment_name) for r in segments.itertuples()}
     _, version = tracking.log_model(handle, config, model, names, purchases.features)
-    table = with_migration(assignments, migration)
-    table["run_id"] = handle.run_id
-    table["model_version"] = version
     get_run_logger().info("registered model %r version %d", config.registered_model_name, version)
-    return table[CRM_COLUMNS], version
+    return crm_table(assignments, migration, handle.run_id, version), version
 
 
 @task(cache_policy=NO_CACHE)

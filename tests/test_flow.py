@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import write_flow_config
 from segml import tracking
-from pipelines.segment import CRM_COLUMNS, segment_customers
+from pipelines.segment import segment_customers
 from segml.config import load_config
+from segml.contract import CRM_COLUMNS
 from segml.segmentation import prepare_purchases
 
 RUN_METRICS = ["n_segments", "homogeneity", "explained_variance", "silhouette", "calinski_harabasz",

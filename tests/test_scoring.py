@@ -12,8 +12,9 @@ import yaml
 from conftest import REPO, write_flow_config
 from pipelines.backfill import as_of_dates, backfill
 from pipelines.score import score_customers
-from pipelines.segment import CRM_COLUMNS, segment_customers
+from pipelines.segment import segment_customers
 from segml.config import load_config
+from segml.contract import CRM_COLUMNS
 from segml.errors import ConfigError, SegmlError
 from segml.outputs import write_csv
 from segml.sample import generate_purchases

@@ -233,7 +233,8 @@ def test_scoring_on_spark_assigns_like_the_champion_and_writes_parquet_and_jdbc(
     from conftest import write_flow_config
 
     from pipelines.score import score_customers
-    from pipelines.segment import CRM_COLUMNS, segment_customers
+    from pipelines.segment import segment_customers
+    from segml.contract import CRM_COLUMNS
 
     config_path = write_flow_config(tmp_path, spark={"master": "local[2]", "jdbc_table": "segml_spark_scores"})
     refit = segment_customers(str(config_path))  # fitted and published with DuckDB

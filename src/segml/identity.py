@@ -23,6 +23,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from segml.config import FEATURES
+from segml.contract import CRM_COLUMNS
 
 CATALOGUE_COLUMNS = ["segment_id", "segment_name", "status", "first_as_of", "last_as_of", "size", "share",
                      *[f"median_{f}" for f in FEATURES]]
@@ -204,6 +205,15 @@ def with_migration(assignments: pd.DataFrame, migration: Migration) -> pd.DataFr
         raise ValueError("the migration lists other customers, or another order, than the assignments")
     return assignments.assign(previous_segment_id=customers["previous_segment_id"].array,
                               segment_changed=customers["segment_changed"].array)
+
+
+def crm_table(assignments: pd.DataFrame, migration: Migration, run_id: str, model_version: int) -> pd.DataFrame:
+    """The CRM's assignment table (:data:`segml.contract.CRM_COLUMNS`): ``assignments`` with the
+    migration columns, the MLflow run id and the model version."""
+    table = with_migration(assignments, migration)
+    table["run_id"] = run_id
+    table["model_version"] = model_version
+    return table[CRM_COLUMNS]
 
 
 def population_stability(previous: pd.Series, current: pd.Series, bins: int = 10) -> float:
