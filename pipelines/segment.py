@@ -34,6 +34,8 @@ from segml.identity import (
     drift,
     evaluate_gates,
     migrate,
+    previous_rules,
+    renames,
 )
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
@@ -91,9 +93,15 @@ def score_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.Da
 
 
 @task(cache_policy=NO_CACHE)
-def profile_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig) -> pd.DataFrame:
-    """Profiles and names."""
-    return describe_segments(features, scored, config)
+def profile_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig,
+                     published: tracking.Published | None, model: SegmentModel) -> pd.DataFrame:
+    """Profiles and names; a segment matching a published one keeps its name while it still holds."""
+    unnamed = describe_segments(features, scored, config)
+    if published is None:
+        return unnamed
+    preferred = previous_rules(unnamed, published.catalogue, model.features, model.transform,
+                               config.identity.max_distance)
+    return describe_segments(features, scored, config, preferred) if preferred else unnamed
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
@@ -116,7 +124,11 @@ def carry_identities(segments: pd.DataFrame, published: tracking.Published | Non
     identity = assign_identities(segments, published.catalogue if published else None, model.features,
                                  model.transform, config.identity.max_distance, as_of)
     outcomes = identity.matching["outcome"].value_counts().to_dict()
-    get_run_logger().info("segment identity: %s", outcomes)
+    logger = get_run_logger()
+    logger.info("segment identity: %s", outcomes)
+    for change in renames(identity):
+        logger.info("%s renamed from %r to %r: its median customer no longer fits the old name",
+                    change["segment_id"], change["from"], change["to"])
     return identity
 
 
@@ -189,6 +201,8 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
         f"{m['stability_ari']:.2f}.",
         f"MLflow run {run_id}, model {config.registered_model_name} version {version}.",
         *gate_lines,
+        *[f"Renamed: {c['segment_id']} was \u201c{c['from']}\u201d, now \u201c{c['to']}\u201d "
+          "(its median customer no longer fits the old name)." for c in renames(identity)],
     ]
     if not migration.counts.empty:
         names = dict(zip(identity.catalogue["segment_id"], identity.catalogue["segment_name"]))
@@ -318,14 +332,14 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
         features = purchases.features
         model, candidates = choose_and_fit(features, cfg)
         scored = score_quality(model, candidates, features, cfg)
-        segments = profile_segments(features, scored, cfg)
         published = fetch_champion(cfg)
+        segments = profile_segments(features, scored, cfg, published, model)
         identity = carry_identities(segments, published, model, cfg, purchases.report.as_of)
         segments = identity.segments
         base = build_assignments(features, scored, segments, purchases.report.as_of)
         migration, shifts = compare_with_published(published, base, identity)
         metrics = {**run_metrics(purchases, scored, segments), **migration.summary, **shifts}
-        gates = evaluate_gates(cfg.gates.model_dump(), metrics)
+        gates = evaluate_gates(cfg.gates.thresholds(), metrics, cfg.gates.psi_features or list(cfg.features))
         failed = [g for g in gates if not g.passed]
         metrics.update({f"gate.{g.gate}": float(g.passed) for g in gates}, gates_passed=float(not failed))
         assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration)
@@ -370,7 +384,8 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
                 "stability_jaccard": None if np.isnan(r.stability_jaccard) else round(float(r.stability_jaccard), 3),
                 "description": r.description} for r in segments.itertuples()],
         description=f"Segments of **{cfg.name}** as of {purchases.report.as_of}; MLflow run `{handle.run_id}`, "
-                    f"model version {version}.",
+                    f"model version {version}."
+                    + "".join(f" Renamed: {c['segment_id']} {c['from']!r} \u2192 {c['to']!r}." for c in renames(identity)),
     )
     r = purchases.report
     summary = {
@@ -389,6 +404,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
         "homogeneity": scored.metrics["homogeneity"],
         "gates": {g.gate: g.passed for g in gates},
         "migration": migration.summary,
+        "renamed": renames(identity),
         "output_dir": str(destination),
         "database": database,
         "assignments": str(destination / "assignments.csv"),

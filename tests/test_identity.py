@@ -14,6 +14,8 @@ from segml.identity import (
     evaluate_gates,
     migrate,
     population_stability,
+    previous_rules,
+    renames,
     with_migration,
 )
 
@@ -40,6 +42,14 @@ def _log_space(frame: pd.DataFrame) -> np.ndarray:
 BASE = _segments([(5, 20, 3000), (400, 1, 40), (200, 8, 700)], ["Champions", "Lost", "At risk"])
 
 
+def test_matched_segments_prefer_the_rule_of_their_published_name():
+    first = assign_identities(BASE.assign(rule=["Champions", "Lost", "At risk"]), None, MODEL_FEATURES,
+                              _log_space, 1.0, AS_OF)
+    again = _segments([(210, 8, 690), (6, 19, 3100), (9000, 1, 1)], ["x", "y", "z"])
+    # The far-away third segment matches nothing and has no preference.
+    assert previous_rules(again, first.catalogue, MODEL_FEATURES, _log_space, 1.0) == {0: "At risk", 1: "Champions"}
+
+
 def test_first_run_numbers_segments_from_s1():
     identity = assign_identities(BASE, None, MODEL_FEATURES, _log_space, 1.0, AS_OF)
     assert identity.segments["segment_id"].tolist() == ["S1", "S2", "S3"]
@@ -47,14 +57,19 @@ def test_first_run_numbers_segments_from_s1():
     assert (identity.matching["outcome"] == "new").all()
 
 
-def test_reordered_segments_keep_their_ids_and_names():
+def test_reordered_segments_keep_their_ids_and_take_their_current_names():
     first = assign_identities(BASE, None, MODEL_FEATURES, _log_space, 1.0, AS_OF)
     # The next fit numbers the same segments differently and names one of them differently.
     again = _segments([(210, 8, 690), (6, 19, 3100), (390, 1, 42)], ["Hibernating", "Champions", "Lost"])
     second = assign_identities(again, first.catalogue, MODEL_FEATURES, _log_space, 1.0, dt.date(2024, 2, 1))
     assert second.segments["segment_id"].tolist() == ["S3", "S1", "S2"]
-    assert second.segments["segment_name"].tolist() == ["At risk", "Champions", "Lost"]
-    assert (second.matching["outcome"] == "kept").all()
+    # The name describes the segment as it is now; the change is recorded, not hidden.
+    assert second.segments["segment_name"].tolist() == ["Hibernating", "Champions", "Lost"]
+    assert second.matching.set_index("segment_id")["outcome"].to_dict() == {
+        "S3": "renamed", "S1": "kept", "S2": "kept"}
+    assert renames(second) == [{"segment_id": "S3", "from": "At risk", "to": "Hibernating"}]
+    s3 = second.catalogue.set_index("segment_id").loc["S3"]
+    assert (s3["segment_name"], s3["previous_names"]) == ("Hibernating", "At risk until 2024-01-01")
     s1 = second.catalogue.set_index("segment_id").loc["S1"]
     assert (s1["first_as_of"], s1["last_as_of"]) == ("2024-01-01", "2024-02-01")
 
@@ -62,10 +77,10 @@ def test_reordered_segments_keep_their_ids_and_names():
 def test_a_new_group_gets_a_new_id_and_a_vanished_one_is_retired_never_reused():
     first = assign_identities(BASE, None, MODEL_FEATURES, _log_space, 1.0, AS_OF)
     # "At risk" is gone; a wholesale group (daily orders, huge spend) appears.
-    changed = _segments([(5, 20, 3000), (400, 1, 40), (2, 200, 90000)], ["Champions", "Lost", "Champions"])
+    changed = _segments([(5, 20, 3000), (400, 1, 40), (2, 200, 90000)], ["Champions", "Lost", "Loyal"])
     second = assign_identities(changed, first.catalogue, MODEL_FEATURES, _log_space, 1.0, AS_OF)
     assert second.segments["segment_id"].tolist() == ["S1", "S2", "S4"]
-    assert second.segments["segment_name"].tolist() == ["Champions", "Lost", "Champions (S4)"]
+    assert second.segments["segment_name"].tolist() == ["Champions", "Lost", "Loyal"]
     catalogue = second.catalogue.set_index("segment_id")
     assert catalogue.loc["S3", "status"] == "retired" and catalogue.loc["S4", "status"] == "active"
     assert second.matching.set_index("segment_id")["outcome"].to_dict() == {
@@ -141,7 +156,18 @@ def test_a_failed_gate_describes_its_value_and_threshold():
     (result,) = evaluate_gates({"min_homogeneity": 0.9}, {"homogeneity": 0.7})
     assert result.describe() == "min_homogeneity: 0.7 (needs >= 0.9)"
     (result,) = evaluate_gates({"max_psi": 0.1}, {"psi.monetary": 0.05, "psi.frequency": 0.3})
-    assert not result.passed and result.describe() == "max_psi: 0.3 (needs <= 0.1)"
+    assert not result.passed and result.describe() == "max_psi: 0.3 on frequency (needs <= 0.1)"
+
+
+def test_the_psi_gate_looks_only_at_the_model_features_and_names_the_one_that_drifted():
+    # tenure_days drifts with every as-of date; the model does not use it.
+    metrics = {"psi.recency_days": 0.02, "psi.frequency": 0.04, "psi.monetary": 0.03, "psi.tenure_days": 0.71}
+    (healthy,) = evaluate_gates({"max_psi": 0.25}, metrics, MODEL_FEATURES)
+    assert healthy.passed and healthy.subject == "frequency"
+    (drifted,) = evaluate_gates({"max_psi": 0.25}, {**metrics, "psi.monetary": 0.4}, MODEL_FEATURES)
+    assert not drifted.passed and drifted.describe() == "max_psi: 0.4 on monetary (needs <= 0.25)"
+    (listed,) = evaluate_gates({"max_psi": 0.25}, metrics, ["tenure_days"])
+    assert not listed.passed and listed.subject == "tenure_days"
 
 
 def test_changed_share_gate_is_skipped_on_a_first_run():

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from segml.config import NamingConfig, NamingRule
-from segml.profiles import DEFAULT_RULES, name_segments, profile_segments
+from segml.profiles import DEFAULT_RULES, _holds, contradictions, name_segments, profile_segments
 
 COLUMNS = ["recency_days", "frequency", "monetary", "tenure_days", "avg_order_value"]
 
@@ -37,18 +37,76 @@ def test_archetypes_get_their_names_and_plain_descriptions():
     ], repeat=10)
     named = name_segments(profile_segments(features, labels, 4), features, NamingConfig(currency="$"))
     assert named["segment_name"].tolist() == ["Champions", "New", "Lost", "At risk"]
-    assert named.loc[0, "description"] == ("Buy often and recently, and spend the most: "
+    assert named.loc[0, "description"] == ("Buy more often and more recently than most, and spend the most: "
                                            "typically bought 5 days ago, 20 orders, $5,000 spent")
     assert "1 order," in named.loc[1, "description"]
 
 
-def test_names_are_unique_when_two_segments_match_one_rule():
+def test_two_segments_that_fit_one_rule_take_distinct_rules_when_another_holds():
+    # Both top segments satisfy Champions; the second also satisfies Loyal, which nobody else holds.
     rows = [(5, 20, 9000.0, 700), (5, 20, 3000.0, 700), (300, 2, 100.0, 400), (400, 1, 30.0, 420)]
     features, labels = _customers(rows, repeat=10)
     named = name_segments(profile_segments(features, labels, 4), features)
-    assert named["rule"].tolist()[:2] == ["Champions", "Champions"]
-    assert named["segment_name"].tolist()[:2] == ["Champions, higher spend", "Champions, lower spend"]
+    assert named["segment_name"].tolist()[:2] == ["Champions", "Loyal"]
+    assert named["segment_name"].is_unique and contradictions(named) == []
+
+
+def test_segments_share_a_rule_only_when_no_other_holds_and_are_told_apart_in_words():
+    # Identical but for spend: three segments whose only rules are Champions, Loyal and Occasional
+    # (one each would leave nothing for a fourth), so two share and are told apart by spend.
+    rows = [(5, 20, 9000.0, 700), (5, 20, 3000.0, 700), (5, 20, 6000.0, 700), (5, 20, 2000.0, 700),
+            (400, 1, 30.0, 420)]
+    features, labels = _customers(rows, repeat=10)
+    named = name_segments(profile_segments(features, labels, 5), features).set_index("segment")
+    assert contradictions(named.reset_index()) == []
     assert named["segment_name"].is_unique
+    shared = named[named["rule"].duplicated(keep=False)]
+    assert len(shared) >= 2
+    assert all(", " in n for n in shared["segment_name"])
+    spend = shared.sort_values("median_monetary", ascending=False)["segment_name"].tolist()
+    assert spend[0].endswith("spend") and spend[-1].endswith("spend")
+
+
+def test_a_kept_segment_keeps_its_rule_while_it_holds_and_loses_it_when_it_breaks():
+    rows = [(5, 20, 9000.0, 700), (5, 20, 3000.0, 700), (300, 2, 100.0, 400), (400, 1, 30.0, 420)]
+    features, labels = _customers(rows, repeat=10)
+    profile = profile_segments(features, labels, 4)
+    # Segment 1 was "Champions" before and still satisfies it: it keeps the name, segment 0 takes Loyal.
+    kept = name_segments(profile, features, preferred={1: "Champions"})
+    assert kept["segment_name"].tolist()[:2] == ["Loyal", "Champions"]
+    # Segment 3 (bought once, long ago) was "Loyal" before: Loyal no longer holds, so it is renamed.
+    renamed = name_segments(profile, features, preferred={3: "Loyal"})
+    assert renamed.loc[3, "segment_name"] != "Loyal" and contradictions(renamed) == []
+
+
+def _skewed_population(n: int, seed: int, few_frequencies: bool) -> pd.DataFrame:
+    """Most customers bought once, long ago; a few buy often. Without an order column frequency takes
+    only a few values (distinct purchase days)."""
+    rng = np.random.default_rng(seed)
+    once = rng.random(n) < 0.7
+    frequency = np.where(once, 1, rng.integers(2, 4 if few_frequencies else 40, n))
+    recency = np.where(once, rng.integers(200, 700, n), rng.integers(1, 300, n))
+    monetary = np.round(frequency * rng.lognormal(3.5, 0.8, n), 2)
+    tenure = recency + np.where(once, 0, rng.integers(0, 400, n))
+    return pd.DataFrame({"recency_days": recency, "frequency": frequency, "monetary": monetary,
+                         "tenure_days": tenure, "avg_order_value": monetary / frequency})
+
+
+@pytest.mark.parametrize("few_frequencies", [False, True], ids=["orders", "no-order-column"])
+@pytest.mark.parametrize("k", range(4, 11))
+def test_no_name_contradicts_its_median_customer_and_no_rule_is_shared_while_another_is_free(k, few_frequencies):
+    from sklearn.cluster import KMeans
+
+    features = _skewed_population(3000, seed=k, few_frequencies=few_frequencies)
+    X = np.log1p(features[["recency_days", "frequency", "monetary"]].to_numpy(dtype=float))
+    labels = KMeans(n_clusters=k, n_init=2, random_state=0).fit_predict((X - X.mean(0)) / X.std(0))
+    named = name_segments(profile_segments(features, labels, k), features)
+    assert contradictions(named) == []
+    assert named["segment_name"].is_unique
+    used = set(named["rule"])
+    for _, row in named[named["rule"].duplicated(keep=False)].iterrows():
+        free = [r.name for r in DEFAULT_RULES if r.name not in used and _holds(r, row)]
+        assert free == [], f"{row['segment_name']} shares its rule while {free} hold and are free"
 
 
 def test_names_are_deterministic_and_do_not_depend_on_segment_numbers():

@@ -251,6 +251,12 @@ class GatesConfig(_Strict):
     min_segment_share: float | None = Field(None, ge=0, lt=0.5)
     max_changed_share: float | None = Field(None, ge=0, le=1)
     max_psi: float | None = Field(None, gt=0)
+    #: The features ``max_psi`` looks at; null: the model's ``features``.
+    psi_features: list[Feature] | None = None
+
+    def thresholds(self) -> dict[str, float | None]:
+        """The gates and their thresholds (the settings that are not gates left out)."""
+        return self.model_dump(exclude={"psi_features"})
 
 
 class ScheduleConfig(_Strict):

@@ -6,9 +6,16 @@ segmentation keeps a *catalogue*: every segment id ever issued (``S1``,
 and whether it is retired. A new run matches its segments to the active
 segments of the last published catalogue by optimal one-to-one matching
 (Hungarian algorithm) on the distance between median customers in the new
-model's space. A matched segment keeps its id and name; a segment with no
-match within ``identity.max_distance`` gets a new id, never one used before;
-an old segment left without a match is retired.
+model's space. A matched segment keeps its id; a segment with no match within
+``identity.max_distance`` gets a new id, never one used before; an old segment
+left without a match is retired.
+
+The id is the stable key; the name is a label of current behaviour. A kept
+segment keeps its name while its median customer still satisfies the rule
+that gave it (:func:`segml.profiles.name_segments` with ``preferred`` from
+:func:`previous_rules`); when it no longer does, it is renamed, and the
+rename is recorded (outcome ``renamed`` in the matching, the old name with
+its last date in the catalogue's ``previous_names``).
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from scipy.optimize import linear_sum_assignment
 from segml.config import FEATURES
 from segml.contract import CRM_COLUMNS
 
-CATALOGUE_COLUMNS = ["segment_id", "segment_name", "status", "first_as_of", "last_as_of", "size", "share",
-                     *[f"median_{f}" for f in FEATURES]]
+CATALOGUE_COLUMNS = ["segment_id", "segment_name", "rule", "status", "first_as_of", "last_as_of", "size", "share",
+                     *[f"median_{f}" for f in FEATURES], "previous_names"]
 
 
 def segment_number(segment_id: str) -> int:
@@ -69,70 +76,118 @@ def match_segments(current: pd.DataFrame, previous: pd.DataFrame, features: list
     return out
 
 
+def _active(previous_catalogue: pd.DataFrame | None) -> pd.DataFrame:
+    if previous_catalogue is None:
+        return pd.DataFrame(columns=CATALOGUE_COLUMNS)
+    return previous_catalogue[previous_catalogue["status"] == "active"].reset_index(drop=True)
+
+
+def _rule_of(row: pd.Series) -> str:
+    """The naming rule behind a catalogue row (catalogues before the ``rule`` column: the name up to
+    its qualifier)."""
+    rule = row.get("rule")
+    if isinstance(rule, str) and rule:
+        return rule
+    return str(row["segment_name"]).split(", ")[0].split(" (S")[0]
+
+
+def previous_rules(segments: pd.DataFrame, previous_catalogue: pd.DataFrame | None, features: list[str],
+                   to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float) -> dict[int, str]:
+    """The rule each of the run's segments was named by, for segments that match a published one
+    (segment number -> rule); the naming keeps it while it still holds."""
+    active = _active(previous_catalogue)
+    pairs = match_segments(segments, active, features, to_space, max_distance)
+    return {int(segments["segment"].iloc[r.current]): _rule_of(active.iloc[r.previous])
+            for r in pairs.itertuples() if r.previous >= 0}
+
+
 def assign_identities(segments: pd.DataFrame, previous_catalogue: pd.DataFrame | None, features: list[str],
                       to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float,
                       as_of: dt.date) -> Identity:
-    """Give the run's segments stable ids and names against the previous catalogue.
+    """Give the run's segments stable ids against the previous catalogue.
 
-    ``segments`` is the run's segment table (``segment`` numbers, rule-based
-    ``segment_name``, medians). Without a previous catalogue, ids are ``S1``,
-    ``S2``... in segment order.
+    ``segments`` is the run's segment table (``segment`` numbers, current
+    ``segment_name`` and ``rule``, medians). Without a previous catalogue, ids
+    are ``S1``, ``S2``... in segment order. A kept segment whose current name
+    differs from its published one is ``renamed``.
     """
     segments = segments.copy()
-    active = (previous_catalogue[previous_catalogue["status"] == "active"].reset_index(drop=True)
-              if previous_catalogue is not None else pd.DataFrame(columns=CATALOGUE_COLUMNS))
+    active = _active(previous_catalogue)
     issued = [segment_number(s) for s in previous_catalogue["segment_id"]] if previous_catalogue is not None else []
     next_number = max(issued, default=0) + 1
 
     pairs = match_segments(segments, active, features, to_space, max_distance)
-    ids, names, outcomes = [], [], []
-    for row, pair in zip(segments.itertuples(), pairs.itertuples()):
+    ids, outcomes, before = [], [], []
+    for pair in pairs.itertuples():
         if pair.previous >= 0:
             old = active.iloc[pair.previous]
             ids.append(old["segment_id"])
-            names.append(old["segment_name"])
-            outcomes.append("kept")
+            before.append(old["segment_name"])
+            outcomes.append("kept" if old["segment_name"] == segments["segment_name"].iloc[pair.current]
+                            else "renamed")
         else:
             ids.append(f"S{next_number}")
             next_number += 1
-            names.append(row.segment_name)
+            before.append(None)
             outcomes.append("new")
-    kept_names = {n for n, o in zip(names, outcomes) if o == "kept"}
-    # A new segment whose rule-based name is already worn by a kept segment carries its id too.
-    names = [f"{n} ({i})" if o == "new" and n in kept_names else n for n, i, o in zip(names, ids, outcomes)]
     segments["segment_id"] = ids
-    segments["segment_name"] = names
 
     matched_previous = {int(p) for p in pairs["previous"] if p >= 0}
     retired = active.drop(index=list(matched_previous))
     matching = pd.DataFrame({
         "segment_id": ids,
-        "segment_name": names,
+        "segment_name": segments["segment_name"].to_numpy(),
         "outcome": outcomes,
         "previous_segment_id": [active.iloc[p]["segment_id"] if p >= 0 else None for p in pairs["previous"]],
+        "previous_segment_name": before,
         "distance": pairs["distance"],
     })
     if len(retired):
         matching = pd.concat([matching, pd.DataFrame({
             "segment_id": retired["segment_id"], "segment_name": retired["segment_name"], "outcome": "retired",
-            "previous_segment_id": retired["segment_id"], "distance": np.nan})], ignore_index=True)
+            "previous_segment_id": retired["segment_id"], "previous_segment_name": retired["segment_name"],
+            "distance": np.nan})], ignore_index=True)
 
     catalogue = _next_catalogue(segments, previous_catalogue, retired["segment_id"].tolist(), as_of)
     return Identity(segments=segments, catalogue=catalogue, matching=matching)
 
 
+def renames(identity: Identity) -> list[dict[str, str]]:
+    """The kept segments whose name changed in this run: ``segment_id``, ``from`` and ``to``."""
+    renamed = identity.matching[identity.matching["outcome"] == "renamed"]
+    return [{"segment_id": r.segment_id, "from": r.previous_segment_name, "to": r.segment_name}
+            for r in renamed.itertuples()]
+
+
 def _next_catalogue(segments: pd.DataFrame, previous: pd.DataFrame | None, retired_ids: list[str],
                     as_of: dt.date) -> pd.DataFrame:
-    first_seen = previous.set_index("segment_id")["first_as_of"].to_dict() if previous is not None else {}
+    if previous is not None:
+        previous = previous.copy()
+        for column in ("rule", "previous_names"):
+            if column not in previous:
+                previous[column] = None
+        previous["rule"] = [_rule_of(r) for _, r in previous.iterrows()]
+    before = previous.set_index("segment_id") if previous is not None else pd.DataFrame()
+    history = []
+    for sid, name in zip(segments["segment_id"], segments["segment_name"]):
+        old = before.loc[sid] if sid in before.index else None
+        names = old["previous_names"] if old is not None and isinstance(old["previous_names"], str) else ""
+        if old is not None and old["segment_name"] != name:
+            entry = f"{old['segment_name']} until {old['last_as_of']}"
+            names = f"{names}; {entry}" if names else entry
+        history.append(names or None)
     current = pd.DataFrame({
         "segment_id": segments["segment_id"],
         "segment_name": segments["segment_name"],
+        "rule": segments["rule"] if "rule" in segments else segments["segment_name"],
         "status": "active",
-        "first_as_of": [first_seen.get(s, as_of.isoformat()) for s in segments["segment_id"]],
+        "first_as_of": [before.loc[s, "first_as_of"] if s in before.index else as_of.isoformat()
+                        for s in segments["segment_id"]],
         "last_as_of": as_of.isoformat(),
         "size": segments["size"],
         "share": segments["share"],
         **{f"median_{f}": segments[f"median_{f}"] for f in FEATURES},
+        "previous_names": history,
     })
     if previous is None:
         return current[CATALOGUE_COLUMNS]
@@ -251,31 +306,41 @@ class GateResult:
     threshold: float
     value: float
     passed: bool
+    #: What the value was measured on, when the gate picks one of several (``max_psi``: the feature).
+    subject: str = ""
 
     def describe(self) -> str:
         relation = ">=" if self.gate.startswith("min_") else "<="
-        return f"{self.gate}: {self.value:.4g} (needs {relation} {self.threshold:g})"
+        on = f" on {self.subject}" if self.subject else ""
+        return f"{self.gate}: {self.value:.4g}{on} (needs {relation} {self.threshold:g})"
 
 
-def evaluate_gates(gates: dict[str, float | None], metrics: dict[str, float]) -> list[GateResult]:
+def evaluate_gates(gates: dict[str, float | None], metrics: dict[str, float],
+                   psi_features: list[str] | None = None) -> list[GateResult]:
     """Check every configured gate against the run's metrics.
 
     ``min_homogeneity`` → ``homogeneity``, ``min_stability`` → ``stability_ari``,
     ``min_segment_share`` → ``segment_share_min``, ``max_changed_share`` →
-    ``changed_share`` (skipped on a first run), ``max_psi`` → the largest ``psi.*``.
+    ``changed_share`` (skipped on a first run), ``max_psi`` → the largest
+    ``psi.<feature>`` over ``psi_features`` (the model's features: a feature
+    the model does not use, such as ``tenure_days``, drifts with every as-of
+    date without moving a segment), named in the result.
     """
+    psi = {k.removeprefix("psi."): v for k, v in metrics.items() if k.startswith("psi.")
+           and (psi_features is None or k.removeprefix("psi.") in psi_features) and np.isfinite(v)}
+    worst = max(psi, key=lambda f: (psi[f], f)) if psi else None
     sources = {
-        "min_homogeneity": metrics.get("homogeneity"),
-        "min_stability": metrics.get("stability_ari"),
-        "min_segment_share": metrics.get("segment_share_min"),
-        "max_changed_share": metrics.get("changed_share"),
-        "max_psi": max((v for k, v in metrics.items() if k.startswith("psi.")), default=None),
+        "min_homogeneity": (metrics.get("homogeneity"), ""),
+        "min_stability": (metrics.get("stability_ari"), ""),
+        "min_segment_share": (metrics.get("segment_share_min"), ""),
+        "max_changed_share": (metrics.get("changed_share"), ""),
+        "max_psi": (psi[worst], worst) if worst else (None, ""),
     }
     results = []
     for gate, threshold in gates.items():
-        value = sources.get(gate)
+        value, subject = sources.get(gate, (None, ""))
         if threshold is None or value is None or not np.isfinite(value):
             continue
         passed = value >= threshold if gate.startswith("min_") else value <= threshold
-        results.append(GateResult(gate, float(threshold), float(value), bool(passed)))
+        results.append(GateResult(gate, float(threshold), float(value), bool(passed), subject or ""))
     return results

@@ -7,46 +7,61 @@ population on four scores between 0 and 1 (mid-rank percentiles):
 - ``frequency``, ``monetary``, ``tenure``: percentile of the median
   ``frequency``, ``monetary`` and ``tenure_days``.
 
-The first rule of :data:`DEFAULT_RULES` (or of ``naming.rules`` in the config)
-whose ranges hold all four scores gives the name. Segments that land on the
-same name are told apart by the score on which they differ most ("Loyal,
-higher spend" / "Loyal, lower spend"), so names are unique within a run and
-the same scores always give the same names.
+A segment may take a rule of :data:`DEFAULT_RULES` (or of ``naming.rules``)
+only when its four scores lie in that rule's ranges, so a name never
+contradicts its median customer. Names are given to the segments as a whole:
+a one-to-one matching of segments to rules (:func:`assign_rules`) that keeps a
+segment's previous rule while it still holds, prefers the rules listed first,
+and gives a contested rule to the segment that fits it most clearly. Only
+when there are more segments than rules they fit do segments share a rule;
+they are then told apart in plain words on the score that separates them
+("Champions, higher spend" / "Champions, lower spend"). The same scores always
+give the same names.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import linear_sum_assignment
 
 from segml.config import FEATURES, NamingConfig, NamingRule
 
 _R = NamingRule
 
-#: The built-in naming table, checked in order; the last rule matches everything.
+#: The built-in naming table, most specific first; the last rule matches everything. Every
+#: description is relative to the whole customer base, as the scores are, so it holds whenever the
+#: rule's ranges do.
 DEFAULT_RULES: list[NamingRule] = [
-    _R(name="Champions", description="buy often and recently, and spend the most",
+    _R(name="Champions", description="buy more often and more recently than most, and spend the most",
        recency=(0.6, 1), frequency=(0.6, 1), monetary=(0.6, 1)),
-    _R(name="Loyal", description="buy regularly and not long ago", recency=(0.4, 1), frequency=(0.6, 1)),
-    _R(name="Big spenders", description="spend a lot on few orders", recency=(0.4, 1), monetary=(0.7, 1)),
+    _R(name="Loyal", description="buy more often than most, and not long ago", recency=(0.4, 1), frequency=(0.6, 1)),
+    _R(name="Big spenders", description="spend more than most, on fewer orders",
+       recency=(0.4, 1), frequency=(0, 0.6), monetary=(0.7, 1)),
     _R(name="New", description="first bought only recently", recency=(0.6, 1), tenure=(0, 0.4)),
-    _R(name="Promising", description="bought recently but not often yet", recency=(0.6, 1)),
-    _R(name="At risk", description="used to buy often or spend well, but not lately",
+    _R(name="Promising", description="bought more recently than most, but not often yet",
+       recency=(0.6, 1), frequency=(0, 0.6)),
+    _R(name="At risk", description="used to buy more often than most, but not lately",
        recency=(0, 0.4), frequency=(0.5, 1)),
     _R(name="Can't lose", description="big spenders who have gone quiet", recency=(0, 0.4), monetary=(0.6, 1)),
-    _R(name="Lost", description="bought once or twice, long ago", recency=(0, 0.25)),
-    _R(name="Hibernating", description="last bought a while ago and rarely", recency=(0, 0.5)),
+    _R(name="Lost", description="bought rarely, and longer ago than most", recency=(0, 0.25), frequency=(0, 0.5)),
+    _R(name="Hibernating", description="last bought a while ago, and rarely", recency=(0, 0.5), frequency=(0, 0.5)),
     _R(name="Occasional", description="buy now and then"),
 ]
 
 _SCORE_FEATURE = {"recency": "recency_days", "frequency": "frequency", "monetary": "monetary",
                   "tenure": "tenure_days"}
+#: Words that tell apart segments sharing a rule: for two, three, and the ends of more.
 _QUALIFIERS = {
-    "recency": ("more recent", "mid recency", "less recent"),
-    "frequency": ("more frequent", "mid frequency", "less frequent"),
-    "monetary": ("higher spend", "mid spend", "lower spend"),
-    "tenure": ("longer-standing", "mid tenure", "newer"),
+    "recency": ("more recent", "mid recency", "less recent", "most recent", "least recent"),
+    "frequency": ("more frequent", "mid frequency", "less frequent", "most frequent", "least frequent"),
+    "monetary": ("higher spend", "mid spend", "lower spend", "highest spend", "lowest spend"),
+    "tenure": ("longer-standing", "mid tenure", "newer", "longest-standing", "newest"),
 }
+#: Weights of the matching: keeping a previous rule outweighs everything else, then a rule's place
+#: in the table, then how clearly the segment fits it.
+_KEEP, _ORDER = 1_000.0, 10.0
+
 
 
 def profile_segments(features: pd.DataFrame, labels: np.ndarray, n_segments: int) -> pd.DataFrame:
@@ -85,12 +100,71 @@ def score_segments(profile: pd.DataFrame, features: pd.DataFrame) -> pd.DataFram
     return scores
 
 
-def _matches(rule: NamingRule, row: pd.Series) -> bool:
+def _holds(rule: NamingRule, row: pd.Series) -> bool:
+    """Whether the segment's four scores lie in the rule's ranges."""
     return all(getattr(rule, s)[0] <= row[s] <= getattr(rule, s)[1] for s in _SCORE_FEATURE)
+
+
+def _depth(rule: NamingRule, row: pd.Series) -> float:
+    """How clearly a holding rule holds: the smallest distance from a score to a bound the rule sets
+    (0 on the bound), plus a tenth of the mean distance to tell apart segments equally close to
+    one bound; 1 for a rule that sets none."""
+    gaps = []
+    for s in _SCORE_FEATURE:
+        low, high = getattr(rule, s)
+        if low > 0:
+            gaps.append(row[s] - low)
+        if high < 1:
+            gaps.append(high - row[s])
+    return float(min(gaps) + 0.1 * np.mean(gaps)) if gaps else 1.0
+
+
+def assign_rules(scores: pd.DataFrame, rules: list[NamingRule], preferred: dict[int, str] | None = None
+                 ) -> list[int | None]:
+    """The rule (its position in ``rules``) of every segment of ``scores``; None where no rule holds.
+
+    A one-to-one matching (the Hungarian algorithm) over the rules each
+    segment's scores satisfy, maximising in this order: segments keeping
+    their ``preferred`` rule (segment number -> rule name, the name a kept
+    segment had before), rules listed earlier, and how clearly each segment
+    fits its rule. A segment left without a rule of its own (more segments
+    than rules they satisfy) shares the best rule it satisfies.
+    """
+    preferred = preferred or {}
+    n, m = len(scores), len(rules)
+    weight = np.full((n, m), -np.inf)
+    for i, row in enumerate(scores.itertuples(index=False)):
+        row = pd.Series(row._asdict())
+        keep = preferred.get(int(row["segment"]))
+        for j, rule in enumerate(rules):
+            if _holds(rule, row):
+                weight[i, j] = (_KEEP if rule.name == keep else 0.0) + _ORDER * (m - j) + _depth(rule, row)
+    chosen: list[int | None] = [None] * n
+    feasible = np.isfinite(weight)
+    if feasible.any():
+        cost = np.where(feasible, -weight, 1e12)
+        for i, j in zip(*linear_sum_assignment(cost)):
+            if feasible[i, j]:
+                chosen[i] = int(j)
+    for i in range(n):
+        if chosen[i] is None and feasible[i].any():
+            chosen[i] = int(np.argmax(weight[i]))
+    return chosen
 
 
 def _plural(value: float, one: str, many: str) -> str:
     return f"{value:,.0f} {one if round(value) == 1 else many}"
+
+
+def _median_words(score: str, row: pd.Series, currency: str) -> str:
+    """A segment's median on one score in plain words, to tell apart many segments sharing a rule."""
+    if score == "recency":
+        return f"last bought {_plural(row['median_recency_days'], 'day', 'days')} ago"
+    if score == "frequency":
+        return _plural(row["median_frequency"], "order", "orders")
+    if score == "monetary":
+        return f"spend {currency}{row['median_monetary']:,.0f}"
+    return f"customers for {_plural(row['median_tenure_days'], 'day', 'days')}"
 
 
 def describe(rule: NamingRule, row: pd.Series, currency: str) -> str:
@@ -102,36 +176,62 @@ def describe(rule: NamingRule, row: pd.Series, currency: str) -> str:
     return f"{head}: {facts}" if head else facts[:1].upper() + facts[1:]
 
 
-def name_segments(profile: pd.DataFrame, features: pd.DataFrame, config: NamingConfig | None = None) -> pd.DataFrame:
-    """Give every segment of ``profile`` a unique name and a one-line description.
-
-    Returns ``profile`` with the naming scores and the columns ``rule``,
-    ``segment_name`` and ``description`` added.
-    """
-    config = config or NamingConfig()
-    rules = config.rules or DEFAULT_RULES
-    scores = score_segments(profile, features)
-    table = profile.merge(scores, on="segment")
-    chosen = []
-    for _, row in table.iterrows():
-        rule = next((r for r in rules if _matches(r, row)), None)
-        chosen.append(rule or NamingRule(name="Other"))
-    table["rule"] = [r.name for r in chosen]
-    table["description"] = [describe(r, row, config.currency) for r, (_, row) in zip(chosen, table.iterrows())]
-    table["segment_name"] = table["rule"]
+def _qualify(table: pd.DataFrame, currency: str) -> pd.Series:
+    """Names made unique: segments sharing a rule get words for the score on which they differ most."""
+    names = table["rule"].copy()
     for name, group in table.groupby("rule"):
         if len(group) == 1:
             continue
         spread = {s: group[s].max() - group[s].min() for s in _SCORE_FEATURE}
         axis = max(spread, key=lambda s: (spread[s], s))
         ranked = group.sort_values([axis, "segment"], ascending=[False, True]).index
-        high, mid, low = _QUALIFIERS[axis]
+        higher, mid, lower, highest, lowest = _QUALIFIERS[axis]
         if len(ranked) == 2:
-            words = [high, low]
+            words = [higher, lower]
         elif len(ranked) == 3:
-            words = [high, mid, low]
+            words = [highest, mid, lowest]
         else:
-            words = [f"{i + 1} of {len(ranked)} by {axis}" for i in range(len(ranked))]
+            words = [highest, *[_median_words(axis, table.loc[i], currency) for i in ranked[1:-1]], lowest]
         for index, word in zip(ranked, words):
-            table.loc[index, "segment_name"] = f"{name}, {word}"
+            names[index] = f"{name}, {word}"
+    # Two middle segments can read alike once rounded: number the later ones.
+    seen: dict[str, int] = {}
+    for index in table.sort_values("segment").index:
+        count = seen[names[index]] = seen.get(names[index], 0) + 1
+        if count > 1:
+            names[index] = f"{names[index]} ({count})"
+    return names
+
+
+def name_segments(profile: pd.DataFrame, features: pd.DataFrame, config: NamingConfig | None = None,
+                  preferred: dict[int, str] | None = None) -> pd.DataFrame:
+    """Give every segment of ``profile`` a unique name and a one-line description.
+
+    ``preferred`` maps a segment number to the rule it was named by before
+    (a segment kept from the published run): it keeps that rule while its
+    median customer still satisfies it. Returns ``profile`` with the naming
+    scores and the columns ``rule``, ``segment_name`` and ``description``
+    added.
+    """
+    config = config or NamingConfig()
+    rules = config.rules or DEFAULT_RULES
+    table = profile.merge(score_segments(profile, features), on="segment")
+    positions = assign_rules(table, rules, preferred)
+    chosen = [rules[j] if j is not None else NamingRule(name="Other") for j in positions]
+    table["rule"] = [r.name for r in chosen]
+    table["description"] = [describe(r, row, config.currency) for r, (_, row) in zip(chosen, table.iterrows())]
+    table["segment_name"] = _qualify(table, config.currency)
     return table
+
+
+def contradictions(named: pd.DataFrame, rules: list[NamingRule] | None = None) -> list[str]:
+    """Every segment of a :func:`name_segments` table whose median customer breaks its rule's ranges
+    (empty when the names are true)."""
+    by_name = {r.name: r for r in (rules or DEFAULT_RULES)}
+    found = []
+    for _, row in named.iterrows():
+        rule = by_name.get(row["rule"])
+        if rule is not None and not _holds(rule, row):
+            found.append(f"{row['segment_name']}: scores {', '.join(f'{s} {row[s]:.2f}' for s in _SCORE_FEATURE)} "
+                         f"outside the ranges of {rule.name!r}")
+    return found

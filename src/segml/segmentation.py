@@ -136,11 +136,16 @@ def assess_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.D
                    metrics=metrics)
 
 
-def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig) -> pd.DataFrame:
-    """One row per segment: id, name, description, profile and quality."""
+def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig,
+                      preferred: dict[int, str] | None = None) -> pd.DataFrame:
+    """One row per segment: id, name, description, profile and quality.
+
+    ``preferred`` (segment number -> rule, :func:`segml.identity.previous_rules`) keeps the names
+    of segments matched to the published ones while they still hold.
+    """
     features = features.sort_index()
     k = len(scored.summary)
-    profiles = name_segments(profile_segments(features, scored.labels, k), features, config.naming)
+    profiles = name_segments(profile_segments(features, scored.labels, k), features, config.naming, preferred)
     segments = profiles.merge(scored.summary.drop(columns=["size", "share"]), on="segment")
     # Ids of a first segmentation; segml.identity carries ids over from the last published run.
     segments.insert(0, "segment_id", [f"S{s + 1}" for s in segments["segment"]])
