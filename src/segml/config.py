@@ -10,7 +10,9 @@ configuration means the same thing whatever the working directory.
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -27,6 +29,7 @@ from pydantic import (
 from segml.contract import CRM_COLUMNS
 from segml.dialects import java_datetime_pattern
 from segml.errors import ConfigError
+from segml.secrets import mask_config, mask_url
 
 Feature = Literal["recency_days", "frequency", "monetary", "tenure_days", "avg_order_value"]
 FEATURES: tuple[str, ...] = get_args(Feature)
@@ -88,6 +91,8 @@ class DataConfig(_Strict):
 
     path: str | None = None
     url: str | None = None
+    #: Name of an environment variable holding the database URL: the form for a URL with a password.
+    url_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     table: str | None = None
     query: str | None = None
     format: Literal["auto", "csv", "parquet"] = "auto"
@@ -98,9 +103,10 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if (self.path is None) == (self.url is None):
-            raise ValueError("set exactly one of 'path' (a CSV or Parquet file) or 'url' (a database)")
-        if self.url is not None and (self.table is None) == (self.query is None):
+        if [self.path, self.url, self.url_env].count(None) != 2:
+            raise ValueError("set exactly one of 'path' (a CSV or Parquet file), 'url' (a database) or 'url_env' "
+                             "(an environment variable holding the database URL)")
+        if self.path is None and (self.table is None) == (self.query is None):
             raise ValueError("a database source needs exactly one of 'table' or 'query'")
         if self.path is not None and (self.table is not None or self.query is not None):
             raise ValueError("'table' and 'query' apply to a database 'url', not to a file 'path'")
@@ -236,6 +242,17 @@ class TrackingConfig(_Strict):
     registered_model: str | None = None
     artifact_location: str | None = None
 
+    @field_validator("registered_model")
+    @classmethod
+    def _registrable_name(cls, value: str | None) -> str | None:
+        # MLflow's own rule (mlflow.utils.validation._validate_model_name), checked before the fit, not after.
+        if value is not None and (not value.strip() or "/" in value or ":" in value
+                                  or posixpath.normpath(value) != value or value.startswith(("..", "/"))
+                                  or value == "."):
+            raise ValueError(f"MLflow cannot register a model named {value!r}: a name must not be empty, contain "
+                             "'/' or ':', or read as another path ('.', '..', 'a/../b'); e.g. 'segml-customers'")
+        return value
+
 
 class IdentityConfig(_Strict):
     """Matching a run's segments to the last published ones."""
@@ -284,9 +301,10 @@ class PublishConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _no_password(cls, value: str | None) -> str | None:
-        if value is not None and re.search(r"://[^/@]*:[^/@]*@", value):
-            raise ValueError("holds a password; configuration files get committed, so put the whole URL in the "
-                             "environment variable named by publish.url_env instead")
+        if value is not None and mask_url(value) != value:
+            raise ValueError(f"holds a password or a secret query parameter ({mask_url(value)}); configuration "
+                             "files get committed, so put the whole URL in the environment variable named by "
+                             "publish.url_env instead")
         return value
 
     @field_validator("column_map")
@@ -359,6 +377,13 @@ class SegmlConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _spark_reads_url_not_url_env(self) -> SegmlConfig:
+        if self.engine == "spark" and self.data.url_env is not None:
+            raise ValueError("data.url_env is read by the DuckDB engine only; with engine 'spark' give data.url "
+                             "(the JDBC reader takes the password from it) or use engine 'duckdb'")
+        return self
+
+    @model_validator(mode="after")
     def _spark_reads_the_timestamp_format(self) -> SegmlConfig:
         if self.engine == "spark" and self.data.timestamp_format:
             try:
@@ -414,7 +439,7 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in ("value_error", "assertion_error"):
         return f"{path}: {message}"
-    return f"{path}: {message} (got {error.get('input')!r})"
+    return f"{path}: {message} (got {mask_config(error.get('input'))!r})"
 
 
 def parse_config(raw: Any, source: str = "<config>") -> SegmlConfig:
@@ -472,6 +497,17 @@ def load_config(path: str | Path) -> SegmlConfig:
     if publish.url and publish.url.startswith("sqlite:///") and not publish.url.startswith("sqlite:////"):
         publish = publish.model_copy(update={"url": "sqlite:///" + _resolve(publish.url[len("sqlite:///"):], base)})
     return config.model_copy(update={"data": data, "output": output, "tracking": tracking, "publish": publish})
+
+
+def data_url(data: DataConfig, environ: Mapping[str, str]) -> str | None:
+    """The source database URL: ``data.url``, else the environment variable named by ``data.url_env``."""
+    if data.url_env is None:
+        return data.url
+    url = environ.get(data.url_env)
+    if not url:
+        raise ConfigError(f"data.url_env names the environment variable {data.url_env!r}, which is not set; "
+                          f"export {data.url_env}=<database URL> before running")
+    return url
 
 
 def publish_url(config: SegmlConfig, environ: dict[str, str]) -> str:

@@ -11,15 +11,17 @@ own database scanners are extensions that would have to be downloaded.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from segml.config import ColumnMap, DataConfig
+from segml.config import ColumnMap, DataConfig, data_url
 from segml.dialects import DUCKDB, quote, sql_string
 from segml.errors import InputDataError
+from segml.secrets import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ def _register_sql(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
     import sqlalchemy as sa
 
     from_what = f"table {data.table!r}" if data.table else "the configured query"
-    engine = sa.create_engine(data.url or "")
+    # Read here, where the connection opens, so a URL with a password never sits in the configuration.
+    engine = sa.create_engine(data_url(data, os.environ) or "")
     statement = sa.select(sa.text("*")).select_from(sa.table(data.table)) if data.table else sa.text(data.query or "")
     con.execute(f"DROP TABLE IF EXISTS {RAW}")
     created, lines = False, 0
@@ -107,10 +110,10 @@ def _register_sql(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
                 con.unregister("_chunk")
     except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
         cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
-        reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
+        reason = mask_url(str(getattr(cause, "orig", None) or cause).splitlines()[0])
         raise InputDataError(
-            f"cannot read {from_what} from the database at {engine.url.render_as_string(hide_password=True)}: "
-            f"{reason}; check data.url and data.table or data.query"
+            f"cannot read {from_what} from the database at {mask_url(engine.url.render_as_string(False))}: "
+            f"{reason}; check {'data.url_env' if data.url_env else 'data.url'} and data.table or data.query"
         ) from None
     finally:
         engine.dispose()
@@ -124,7 +127,7 @@ def register_source(con: duckdb.DuckDBPyConnection, data: DataConfig, config_nam
     Returns the source's column names. ``config_name`` (usually the YAML file)
     is named in the message when a mapped column is missing.
     """
-    if data.url is not None:
+    if data.path is None:
         _register_sql(con, data)
     else:
         _register_file(con, data)
