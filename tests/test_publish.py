@@ -11,7 +11,15 @@ import pytest
 import sqlalchemy as sa
 
 from segml.contract import CRM_COLUMNS
-from segml.publish import SCHEMA_VERSION, create_engine, ensure_schema, publish_assignments, read_current
+from segml.publish import (
+    SCHEMA_VERSION,
+    StalePublicationError,
+    create_engine,
+    current_publication,
+    ensure_schema,
+    publish_assignments,
+    read_current,
+)
 
 AS_OF = dt.date(2024, 1, 1)
 
@@ -136,3 +144,76 @@ def test_concurrent_publishes_give_a_consistent_result(engine):
         runs = connection.exec_driver_sql(
             "SELECT run_id, rows FROM segml_publications WHERE segmentation = 'shop'").all()
     assert len(runs) == 1 and runs[0][1] == len(shop)
+
+
+def test_a_past_date_never_demotes_a_newer_publication_unless_forced(engine):
+    later = dt.date(2024, 2, 1)
+    publish_assignments(engine, "shop", later, assignments(7, later, "S3", "run-new"), CATALOGUE, "run-new", 2)
+    with pytest.raises(StalePublicationError, match="as of 2024-02-01.*--force"):
+        publish_assignments(engine, "shop", AS_OF, assignments(10, run_id="run-old"), CATALOGUE, "run-old", 1)
+    assert set(read_current(engine, "shop")["run_id"]) == {"run-new"} and _count(engine) == 7
+    publish_assignments(engine, "shop", AS_OF, assignments(10, run_id="run-old"), CATALOGUE, "run-old", 1, force=True)
+    assert set(read_current(engine, "shop")["run_id"]) == {"run-old"}
+    assert current_publication(engine, "shop")["as_of"] == AS_OF
+
+
+def test_one_far_future_publication_does_not_hide_later_publications(engine):
+    # Version 1's view followed the largest as-of date: one run dated 3000-01-01 hid every later run.
+    far = dt.date(3000, 1, 1)
+    publish_assignments(engine, "shop", far, assignments(3, far, run_id="run-far"), CATALOGUE, "run-far", 1)
+    publish_assignments(engine, "shop", AS_OF, assignments(10, run_id="run-fixed"), CATALOGUE, "run-fixed", 2,
+                        force=True)
+    assert set(read_current(engine, "shop")["run_id"]) == {"run-fixed"}
+
+
+def test_a_scoring_publication_becomes_current_and_keeps_the_catalogue(engine):
+    publish_assignments(engine, "shop", AS_OF, assignments(10), CATALOGUE, "run-1", 1)
+    later = dt.date(2024, 1, 8)
+    publish_assignments(engine, "shop", later, assignments(12, later, run_id="score-1"), None, "score-1", 1,
+                        source="score")
+    current = read_current(engine, "shop")
+    assert len(current) == 12 and set(current["source"]) == {"score"} and set(current["run_id"]) == {"score-1"}
+    assert current_publication(engine, "shop")["source"] == "score"
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM segml_segments").scalar_one() == 2
+        sources = dict(connection.exec_driver_sql("SELECT run_id, source FROM segml_publications").all())
+    assert sources == {"run-1": "refit", "score-1": "score"}
+
+
+def test_a_version_1_database_is_migrated_in_place(engine):
+    # The version 1 schema as it was created, with one publication in it.
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE segml_schema (version INTEGER PRIMARY KEY, applied_at TIMESTAMP WITH TIME ZONE NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO segml_schema VALUES (1, '2024-01-01 00:00:00+00')")
+        connection.exec_driver_sql(
+            "CREATE TABLE segml_assignments (segmentation VARCHAR(200), as_of DATE, customer_id VARCHAR(200), "
+            "segment_id VARCHAR(20) NOT NULL, segment_name VARCHAR(200) NOT NULL, segment_probability FLOAT NOT NULL, "
+            "recency_days INTEGER NOT NULL, frequency INTEGER NOT NULL, monetary FLOAT NOT NULL, "
+            "tenure_days INTEGER NOT NULL, avg_order_value FLOAT NOT NULL, previous_segment_id VARCHAR(20), "
+            "segment_changed BOOLEAN, run_id VARCHAR(64) NOT NULL, model_version INTEGER NOT NULL, "
+            "published_at TIMESTAMP WITH TIME ZONE NOT NULL, PRIMARY KEY (segmentation, as_of, customer_id))")
+        connection.exec_driver_sql(
+            "CREATE TABLE segml_segments (segmentation VARCHAR(200), segment_id VARCHAR(20), segment_name VARCHAR(200) "
+            "NOT NULL, description TEXT, first_as_of DATE NOT NULL, last_as_of DATE NOT NULL, retired BOOLEAN NOT NULL, "
+            "PRIMARY KEY (segmentation, segment_id))")
+        connection.exec_driver_sql(
+            "CREATE TABLE segml_publications (segmentation VARCHAR(200), as_of DATE, run_id VARCHAR(64) NOT NULL, "
+            "model_version INTEGER NOT NULL, rows INTEGER NOT NULL, published_at TIMESTAMP WITH TIME ZONE NOT NULL, "
+            "PRIMARY KEY (segmentation, as_of))")
+        connection.exec_driver_sql(
+            "INSERT INTO segml_assignments VALUES ('shop', '2024-01-01', 'c1', 'S1', 'Champions', 1.0, 5, 3, 120.5, "
+            "300, 40.17, NULL, NULL, 'run-v1', 1, '2024-01-01 00:00:00+00')")
+        connection.exec_driver_sql(
+            "INSERT INTO segml_publications VALUES ('shop', '2024-01-01', 'run-v1', 1, 1, '2024-01-01 00:00:00+00')")
+        connection.exec_driver_sql(
+            "CREATE VIEW segml_current_assignments AS SELECT a.* FROM segml_assignments a JOIN (SELECT segmentation, "
+            "max(as_of) AS as_of FROM segml_publications GROUP BY segmentation) latest "
+            "ON a.segmentation = latest.segmentation AND a.as_of = latest.as_of")
+    assert ensure_schema(engine) == SCHEMA_VERSION == 2
+    current = read_current(engine, "shop")
+    assert current["customer_id"].tolist() == ["c1"] and current["source"].tolist() == ["refit"]
+    assert current_publication(engine, "shop")["run_id"] == "run-v1"
+    later = dt.date(2024, 2, 1)
+    publish_assignments(engine, "shop", later, assignments(4, later, run_id="run-v2"), CATALOGUE, "run-v2", 2)
+    assert set(read_current(engine, "shop")["run_id"]) == {"run-v2"}

@@ -1,14 +1,22 @@
 """Publishing assignments to a database the CRM reads: SQLite by default, PostgreSQL in production.
 
-Tables (created on first use; ``segml_schema`` records the schema version so
-later releases can migrate):
+Tables (created on first use; ``segml_schema`` records the schema version and
+older schemas are migrated in place):
 
 - ``segml_assignments``: one row per customer per published as-of date per
-  segmentation (primary key ``segmentation, as_of, customer_id``);
+  segmentation (primary key ``segmentation, as_of, customer_id``), with the
+  ``source`` of the row: ``refit`` (a fitted run) or ``score`` (a scoring run
+  with the champion model);
 - ``segml_segments``: the segment catalogue per segmentation (id, name,
   description, first and last published as-of date, retired);
-- ``segml_publications``: one row per published as-of date (run, model version, rows, time);
-- ``segml_current_assignments`` (a view): the rows of each segmentation's latest published as-of date.
+- ``segml_publications``: one row per published as-of date (run, model version, source, rows, time);
+- ``segml_current``: which publication each segmentation's CRM reads now;
+- ``segml_current_assignments`` (a view): the rows of that publication.
+
+The current publication is the last one *made*, not the largest date: a
+publication never replaces a current one of a later as-of date unless forced
+(:class:`StalePublicationError`), so a far-future date in the data cannot pin
+the CRM, and a rerun of a past date does not demote a newer one.
 
 A publication is one transaction: it replaces the rows of its as-of date (a
 rerun never duplicates them) and either all of it lands or none of it does.
@@ -32,7 +40,7 @@ from segml.errors import SegmlError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHUNK_ROWS = 50_000
 
 metadata = sa.MetaData()
@@ -61,6 +69,7 @@ assignments_table = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.String(10), nullable=False, server_default="refit"),
 )
 
 segments_table = sa.Table(
@@ -82,21 +91,51 @@ publications_table = sa.Table(
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.String(10), nullable=False, server_default="refit"),
+)
+
+current_table = sa.Table(
+    "segml_current", metadata,
+    sa.Column("segmentation", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(10), nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 CURRENT_VIEW = "segml_current_assignments"
 _CURRENT_VIEW_SQL = f"""
 CREATE VIEW {CURRENT_VIEW} AS
 SELECT a.* FROM segml_assignments a
-JOIN (SELECT segmentation, max(as_of) AS as_of FROM segml_publications GROUP BY segmentation) latest
-  ON a.segmentation = latest.segmentation AND a.as_of = latest.as_of
+JOIN segml_current c ON a.segmentation = c.segmentation AND a.as_of = c.as_of
 """
 
 #: The columns of the published ``segml_assignments`` table (segmentation.ASSIGNMENT_COLUMNS are the frame's).
 TABLE_COLUMNS = [c.name for c in assignments_table.columns]
 
 #: Schema migrations: version -> statements that bring version - 1 up to it.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    # 2: the source of every row and publication, and an explicit current publication (the
+    # latest as-of date of each segmentation, as version 1's view chose it).
+    2: [
+        "ALTER TABLE segml_assignments ADD COLUMN source VARCHAR(10) DEFAULT 'refit' NOT NULL",
+        "ALTER TABLE segml_publications ADD COLUMN source VARCHAR(10) DEFAULT 'refit' NOT NULL",
+        "CREATE TABLE segml_current (segmentation VARCHAR(200) NOT NULL PRIMARY KEY, as_of DATE NOT NULL, "
+        "run_id VARCHAR(64) NOT NULL, model_version INTEGER NOT NULL, source VARCHAR(10) NOT NULL, "
+        "published_at TIMESTAMP WITH TIME ZONE NOT NULL)",
+        "INSERT INTO segml_current (segmentation, as_of, run_id, model_version, source, published_at) "
+        "SELECT p.segmentation, p.as_of, p.run_id, p.model_version, p.source, p.published_at "
+        "FROM segml_publications p JOIN (SELECT segmentation, max(as_of) AS as_of FROM segml_publications "
+        "GROUP BY segmentation) latest ON p.segmentation = latest.segmentation AND p.as_of = latest.as_of",
+        f"DROP VIEW {CURRENT_VIEW}",
+        _CURRENT_VIEW_SQL,
+    ],
+}
+
+
+class StalePublicationError(SegmlError):
+    """A publication would replace a current one of a later as-of date."""
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -143,8 +182,8 @@ def ensure_schema(engine: sa.Engine) -> int:
         return SCHEMA_VERSION
 
 
-def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetime) -> pd.DataFrame:
-    frame = assignments.assign(segmentation=segmentation, published_at=pd.Timestamp(published_at))
+def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetime, source: str) -> pd.DataFrame:
+    frame = assignments.assign(segmentation=segmentation, published_at=pd.Timestamp(published_at), source=source)
     frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
     frame["segment_changed"] = frame["segment_changed"].astype("boolean")
     frame["previous_segment_id"] = frame["previous_segment_id"].astype(object).where(
@@ -175,7 +214,7 @@ def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Cal
     values = {}
     for column in TABLE_COLUMNS:
         series = rows[column]
-        if column in ("segmentation", "as_of", "published_at") and len(series) and series.nunique() == 1:
+        if column in ("segmentation", "as_of", "published_at", "source") and len(series) and series.nunique() == 1:
             # One value for the whole publication: format it once.
             first = series.iloc[0]
             if column == "as_of":
@@ -199,23 +238,50 @@ def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Cal
             after_chunk(min(start + CHUNK_ROWS, len(table)))
 
 
+def current_publication(engine: sa.Engine, segmentation: str) -> dict | None:
+    """The publication the CRM reads now for ``segmentation`` (``as_of``, ``run_id``,
+    ``model_version``, ``source``, ``published_at``), or None before the first one."""
+    ensure_schema(engine)
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(current_table).where(
+            current_table.c.segmentation == segmentation)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def check_not_stale(current: dict | None, as_of: dt.date, force: bool = False) -> None:
+    """Refuse a publication as of ``as_of`` while ``current`` is of a later date, unless ``force``."""
+    if current is not None and not force and current["as_of"] > as_of:
+        raise StalePublicationError(
+            f"the CRM reads the publication as of {current['as_of']} (run {current['run_id']}); a publication "
+            f"as of {as_of} would move it back in time, so it is not made. Rerun with --force to publish "
+            "this past date on purpose")
+
+
 def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, assignments: pd.DataFrame,
-                        catalogue: pd.DataFrame, run_id: str, model_version: int,
-                        after_chunk: Callable[[int], None] | None = None) -> int:
-    """Publish one as-of date of a segmentation in one transaction; returns the rows written.
+                        catalogue: pd.DataFrame | None, run_id: str, model_version: int,
+                        after_chunk: Callable[[int], None] | None = None, source: str = "refit",
+                        force: bool = False) -> int:
+    """Publish one as-of date of a segmentation in one transaction and make it current; returns the
+    rows written.
 
     ``assignments`` has the CRM columns; ``catalogue`` the segment catalogue
     (``segment_id``, ``segment_name``, ``status``, ``first_as_of``,
-    ``last_as_of`` and optionally ``description``). ``after_chunk`` is called
-    with the rows written so far after each chunk.
+    ``last_as_of`` and optionally ``description``), None for a scoring run,
+    which leaves the catalogue as it is. ``source`` is ``refit`` or
+    ``score``. A current publication of a later as-of date is kept (and
+    :class:`StalePublicationError` raised) unless ``force``. ``after_chunk``
+    is called with the rows written so far after each chunk.
     """
     ensure_schema(engine)
     published_at = dt.datetime.now(dt.UTC)
-    rows = _rows(assignments, segmentation, published_at)
+    rows = _rows(assignments, segmentation, published_at, source)
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
                                {"name": f"segml:{segmentation}"})
+        current = connection.execute(sa.select(current_table).where(
+            current_table.c.segmentation == segmentation)).mappings().first()
+        check_not_stale(dict(current) if current is not None else None, as_of, force)
         connection.execute(assignments_table.delete().where(assignments_table.c.segmentation == segmentation,
                                                             assignments_table.c.as_of == as_of))
         connection.execute(publications_table.delete().where(publications_table.c.segmentation == segmentation,
@@ -226,14 +292,19 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
             _insert_rows(connection, rows, after_chunk)
         connection.execute(publications_table.insert().values(
             segmentation=segmentation, as_of=as_of, run_id=run_id, model_version=int(model_version),
-            rows=len(rows), published_at=published_at))
-        connection.execute(segments_table.delete().where(segments_table.c.segmentation == segmentation))
-        connection.execute(segments_table.insert(), [
-            {"segmentation": segmentation, "segment_id": r["segment_id"], "segment_name": r["segment_name"],
-             "description": r.get("description"), "first_as_of": pd.Timestamp(r["first_as_of"]).date(),
-             "last_as_of": pd.Timestamp(r["last_as_of"]).date(), "retired": r["status"] == "retired"}
-            for r in catalogue.to_dict(orient="records")])
-    log.info("published %d assignments of %s as of %s", len(rows), segmentation, as_of)
+            rows=len(rows), published_at=published_at, source=source))
+        connection.execute(current_table.delete().where(current_table.c.segmentation == segmentation))
+        connection.execute(current_table.insert().values(
+            segmentation=segmentation, as_of=as_of, run_id=run_id, model_version=int(model_version),
+            source=source, published_at=published_at))
+        if catalogue is not None:
+            connection.execute(segments_table.delete().where(segments_table.c.segmentation == segmentation))
+            connection.execute(segments_table.insert(), [
+                {"segmentation": segmentation, "segment_id": r["segment_id"], "segment_name": r["segment_name"],
+                 "description": r.get("description"), "first_as_of": pd.Timestamp(r["first_as_of"]).date(),
+                 "last_as_of": pd.Timestamp(r["last_as_of"]).date(), "retired": r["status"] == "retired"}
+                for r in catalogue.to_dict(orient="records")])
+    log.info("published %d assignments of %s as of %s (%s)", len(rows), segmentation, as_of, source)
     return len(rows)
 
 
