@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from segml.publish import create_engine, publish_assignments, read_current
-from segml.targeting import Comparison, ConditionError, parse_condition, select_customers
+from segml.targeting import Comparison, ConditionError, UnknownSegmentError, parse_condition, select_customers
 from test_publish import CATALOGUE, assignments
 
 
@@ -80,6 +80,19 @@ def test_injection_attempts_change_nothing(published):
     for condition, _ in INJECTIONS:
         with pytest.raises(ConditionError):
             select_customers(published, "shop", [], [condition])
-    # Segment names are bound parameters too: a name that looks like SQL just matches nothing.
-    assert select_customers(published, "shop", ["x' OR '1'='1"], []).empty
+    # Segment names are bound parameters too: a name that looks like SQL is an unknown segment.
+    with pytest.raises(UnknownSegmentError):
+        select_customers(published, "shop", ["x' OR '1'='1"], [])
     assert read_current(published, "shop").equals(before)
+
+
+def test_a_misspelt_segment_is_an_error_listing_the_segments(published):
+    with pytest.raises(UnknownSegmentError, match=r"'Champion' is not a segment id or name of the current 'shop' "
+                                                  r"segmentation; its segments are S1 \(Champions\), S2 \(Lost\)"):
+        select_customers(published, "shop", ["Champion", "S2"], [])
+
+
+def test_the_list_keeps_the_published_types(published):
+    chosen = select_customers(published, "shop", ["S1"], [])
+    assert str(chosen["segment_changed"].dtype) == "boolean"
+    assert chosen["as_of"].tolist() == [dt.date(2024, 1, 1)] * 3

@@ -197,6 +197,10 @@ def target(
         write_csv(selected[columns].rename(columns=cfg.publish.column_map), output)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
+    if selected.empty:
+        console.print(f"[bold yellow]warning:[/] no current customer matches the selection "
+                      f"({'; '.join([*(f'segment {s}' for s in segment or []), *(where or [])])}); "
+                      f"{output} holds only the header", highlight=False)
     out.print(f"{len(selected):,} customers written to {output}")
 
 

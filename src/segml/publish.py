@@ -308,9 +308,20 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
     return len(rows)
 
 
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Published rows as read back, with the types they were written with: SQLite has no boolean
+    (``segment_changed`` comes back as 0/1) and no date (``as_of`` comes back as text)."""
+    frame = frame.copy()
+    if "segment_changed" in frame:
+        frame["segment_changed"] = frame["segment_changed"].astype("boolean")
+    if "as_of" in frame:
+        frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
+    return frame
+
+
 def read_current(engine: sa.Engine, segmentation: str) -> pd.DataFrame:
-    """The current assignments of a segmentation (its latest published as-of date)."""
+    """The current assignments of a segmentation (its current publication, see ``segml_current``)."""
     view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in TABLE_COLUMNS])
     with engine.connect() as connection:
-        return pd.read_sql(sa.select(view).where(view.c.segmentation == segmentation)
-                           .order_by(view.c.customer_id), connection)
+        return typed(pd.read_sql(sa.select(view).where(view.c.segmentation == segmentation)
+                                 .order_by(view.c.customer_id), connection))

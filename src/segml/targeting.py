@@ -22,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from segml.errors import SegmlError
-from segml.publish import CURRENT_VIEW, TABLE_COLUMNS
+from segml.publish import CURRENT_VIEW, TABLE_COLUMNS, typed
 
 #: Columns a condition may compare, with the kind of value each takes.
 TARGET_COLUMNS: dict[str, str] = {
@@ -127,17 +127,46 @@ def parse_condition(text: str) -> list[Comparison]:
     return comparisons
 
 
+class UnknownSegmentError(SegmlError):
+    """A requested segment is not in the current publication."""
+
+
+def check_segments(engine: sa.Engine, segmentation: str, segments: list[str]) -> None:
+    """Fail, listing the current segments, when one of ``segments`` (ids or names) is not among them."""
+    if not segments:
+        return
+    view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in TABLE_COLUMNS])
+    query = (sa.select(view.c.segment_id, view.c.segment_name).distinct()
+             .where(view.c.segmentation == sa.bindparam("segmentation", segmentation)))
+    with engine.connect() as connection:
+        known = sorted(connection.execute(query).all(), key=lambda r: (len(r[0]), r[0]))
+    if not known:
+        raise SegmlError(f"nothing is published for {segmentation!r} yet: run `segml run` first")
+    words = {w for pair in known for w in pair}
+    unknown = [s for s in segments if s not in words]
+    if unknown:
+        listed = ", ".join(f"{sid} ({name})" for sid, name in known)
+        raise UnknownSegmentError(
+            f"{', '.join(repr(u) for u in unknown)} {'is' if len(unknown) == 1 else 'are'} not a segment id or "
+            f"name of the current {segmentation!r} segmentation; its segments are {listed}")
+
+
 def select_customers(engine: sa.Engine, segmentation: str, segments: list[str], conditions: list[str]
                      ) -> pd.DataFrame:
     """Current assignments of ``segmentation`` in ``segments`` (ids or names; all when empty)
-    that meet every condition, ordered by customer id."""
+    that meet every condition, ordered by customer id.
+
+    A segment that is not in the current publication is an error
+    (:class:`UnknownSegmentError`) rather than an empty list.
+    """
     view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in TABLE_COLUMNS])
     query = sa.select(view).where(view.c.segmentation == sa.bindparam("segmentation", segmentation))
+    comparisons = [c for text in conditions for c in parse_condition(text)]
+    check_segments(engine, segmentation, segments)
     if segments:
         query = query.where(sa.or_(view.c.segment_id.in_(segments), view.c.segment_name.in_(segments)))
-    for text in conditions:
-        for comparison in parse_condition(text):
-            column = view.c[comparison.column]
-            query = query.where(getattr(column, _OPERATORS[comparison.operator])(sa.literal(comparison.value)))
+    for comparison in comparisons:
+        column = view.c[comparison.column]
+        query = query.where(getattr(column, _OPERATORS[comparison.operator])(sa.literal(comparison.value)))
     with engine.connect() as connection:
-        return pd.read_sql(query.order_by(view.c.customer_id), connection)
+        return typed(pd.read_sql(query.order_by(view.c.customer_id), connection))
