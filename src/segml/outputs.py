@@ -2,17 +2,48 @@
 
 A file is written under a temporary name in the destination folder and then
 renamed over the final name, so a crash never leaves half a file where a CRM
-import or a later run would read it.
+import or a later run would read it. Files get the permissions the process
+umask gives a new file (``0644`` under the usual ``022``, ``0600`` under
+``077``).
+
+CSV files are written for spreadsheets and CRM imports: a text value that a
+spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
+a tab or a carriage return) gets a leading ``'``; numbers are left alone.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+
+# First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+_FORMULA = r"^[=+\-@\t\r]"
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+@functools.cache
+def file_mode() -> int:
+    """The mode of a new result file: ``0666`` less the process umask, read once.
+
+    ``os.umask`` can only be read by setting it, and a file another thread
+    creates in between gets the temporary value; Linux shows the umask in
+    ``/proc/self/status`` instead. Elsewhere it is read through ``os.umask``
+    with ``077`` in the meantime, so such a file is private, never public.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
@@ -23,7 +54,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; result files are meant to be shared
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600; a result file gets what the umask gives others
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -49,22 +80,68 @@ def _arrow_table(frame: pd.DataFrame):
         return None
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+def _neutralise_arrow(table):
+    """``table`` with ``'`` before every text value a spreadsheet would run as a formula."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = []
+    for column in table.columns:
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            column = column.cast(kind) if pa.types.is_dictionary(column.type) else column
+            risky = pc.match_substring_regex(column, _FORMULA)
+            if pc.any(risky).as_py():
+                risky = pc.and_(risky, pc.invert(pc.match_substring_regex(column, _NUMBER)))
+                quoted = pc.binary_join_element_wise(pa.scalar("'", kind), column, pa.scalar("", kind))
+                column = pc.if_else(risky, quoted, column)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _neutralise_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same for the rare frame Arrow cannot hold (text among other Python objects)."""
+    out = frame.copy()
+    for name in out.columns:
+        column = out[name]
+        if column.dtype == object or pd.api.types.is_string_dtype(column):
+            text = column.map(lambda v: v if isinstance(v, str) else "")
+            risky = text.str.match(_FORMULA) & ~text.str.match(_NUMBER)
+            if risky.any():
+                out[name] = column.mask(risky, "'" + text)
+    return out
+
+
+def write_csv(frame: pd.DataFrame, path: Path, *, neutralise_formulas: bool = True) -> Path:
     """UTF-8 CSV with a header, ISO dates, ``true``/``false``, empty fields for missing values and no
     index column. Written by Arrow (a million rows in about a second); pandas writes the rare table
-    Arrow cannot hold."""
+    Arrow cannot hold.
+
+    With ``neutralise_formulas`` (the default: segml's CSVs are opened in spreadsheets and imported
+    into CRMs) a text value starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets
+    a leading ``'``, so a customer id like ``=HYPERLINK(...)`` shows as text instead of running.
+    Numbers, in number columns or as text (``-12.5``), are written as they are. Pass ``False`` for a
+    file segml itself reads back.
+    """
     import pyarrow.csv as pacsv
 
     table = _arrow_table(frame)
     if table is None:
-        return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8",
+        plain = _neutralise_frame(frame) if neutralise_formulas else frame
+        return write_atomic(path, lambda tmp: plain.to_csv(tmp, index=False, encoding="utf-8",
                                                            date_format="%Y-%m-%d"))
+    if neutralise_formulas:
+        table = _neutralise_arrow(table)
     options = pacsv.WriteOptions(quoting_style="needed")
     return write_atomic(path, lambda tmp: pacsv.write_csv(table, str(tmp), options))
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+#: Tables the next run reads back from the champion's files: written exactly, without formula neutralisation.
+READ_BACK = frozenset({"catalogue"})
 
 
 def write_results(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> dict[str, Path]:
@@ -78,7 +155,7 @@ def write_results(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.
         "assignments_parquet": write_parquet(assignments, folder / "assignments.parquet"),
     }
     for stem, frame in tables.items():
-        written[stem] = write_csv(frame, folder / f"{stem}.csv")
+        written[stem] = write_csv(frame, folder / f"{stem}.csv", neutralise_formulas=stem not in READ_BACK)
     return written
 
 
