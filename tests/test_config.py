@@ -57,10 +57,10 @@ BAD_CONFIGS = [
     (_with("data.columns.customer_id", _DELETE), r"data.columns.customer_id: required key is missing"),
     (_with("data.url", "sqlite:///x.db"), r"data: set exactly one of 'path'"),
     (_with("data.table", "t"), r"data: 'table' and 'query' apply to a database 'url'"),
-    (_with("data.csv", {"delimiter": ";;"}), r"data.csv.delimiter: String should have at most 1 character"),
+    (_with("data.csv", {"delimiter": ";;"}), r"data.csv.delimiter: needs one character .* or 'whitespace', got ';;'"),
     (_with("naming.rules", [{"name": "X", "recency": [0.8, 0.2]}]),
      r"naming.rules.0.recency: needs 0 <= low <= high <= 1, got \[0.8, 0.2\]"),
-    (_with("name", "my segments"), r"name: String should match pattern"),
+    (_with("name", "my segments"), r"name: needs 1 to 100 letters, digits.*got 'my segments'"),
     (_with("data", _DELETE), r"data: required key is missing"),
 ]
 

@@ -41,13 +41,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class CsvOptions(_Strict):
-    """How to read a CSV source."""
+#: ``data.csv.delimiter`` for fields separated by runs of spaces and tabs (fixed-width exports).
+WHITESPACE = "whitespace"
 
-    delimiter: str = Field(",", min_length=1, max_length=1)
+
+class CsvOptions(_Strict):
+    """How to read a CSV source.
+
+    ``delimiter`` is one character, or ``whitespace`` for fields separated by
+    runs of spaces and tabs (leading spaces ignored, no quoting).
+    """
+
+    delimiter: str = ","
     header: bool = True
     quote: str = Field('"', min_length=1, max_length=1)
     encoding: Literal["utf-8", "latin-1", "utf-16"] = "utf-8"
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character_or_whitespace(cls, value: str) -> str:
+        if len(value) != 1 and value != WHITESPACE:
+            raise ValueError(f"needs one character (',', ';', '|', a tab) or {WHITESPACE!r}, got {value!r}")
+        return value
 
 
 class ColumnMap(_Strict):
@@ -86,8 +101,27 @@ class ReturnsConfig(_Strict):
     cancel_prefix: str | None = "C"
 
 
+#: Text values that mean "no value" in a customer id, timestamp, amount or order id (``data.null_markers``).
+NULL_MARKERS = ["NULL", "null", "None", "nan", "NaN", "N/A", "#N/A"]
+#: The default earliest of ``data.plausible_dates``: lines dated before it are rejected.
+EARLIEST_PLAUSIBLE = dt.date(1990, 1, 1)
+
+
 class DataConfig(_Strict):
-    """Where the purchases are and how to read them."""
+    """Where the purchases are and how to read them.
+
+    Text numbers are read with ``decimal`` as the decimal mark and
+    ``thousands`` as the only thousands separator, accepted only in strict
+    groups of three digits (``1,234,567.89``); ``thousands`` defaults to ``,``
+    with ``decimal: "."`` and to ``.`` with ``decimal: ","`` (``null``: none
+    accepted). A value that does not read under that convention is rejected,
+    never guessed at. ``null_markers`` are text values that count as missing.
+    ``plausible_dates`` bounds the purchase dates (the latest defaults to a
+    year after the day of the run). ``duplicates``: ``reject`` exact
+    repetitions of an earlier line, or ``keep`` them as purchases of their own
+    (for sources without an order id, where two identical lines can be two
+    sales).
+    """
 
     path: str | None = None
     url: str | None = None
@@ -100,6 +134,33 @@ class DataConfig(_Strict):
     columns: ColumnMap
     timestamp_format: str | None = None
     returns: ReturnsConfig = ReturnsConfig()
+    decimal: Literal[".", ","] = "."
+    thousands: Literal[",", ".", " ", "'"] | None = ","
+    null_markers: list[str] = NULL_MARKERS
+    plausible_dates: tuple[dt.date, dt.date | None] = (EARLIEST_PLAUSIBLE, None)
+    duplicates: Literal["reject", "keep"] = "reject"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _thousands_follow_the_decimal_mark(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "thousands" not in raw and raw.get("decimal") == ",":
+            return {**raw, "thousands": "."}
+        return raw
+
+    @model_validator(mode="after")
+    def _separators_differ(self) -> DataConfig:
+        if self.thousands == self.decimal:
+            raise ValueError(f"thousands and decimal are both {self.decimal!r}; set data.thousands to another "
+                             "separator or null")
+        return self
+
+    @field_validator("plausible_dates")
+    @classmethod
+    def _earliest_before_latest(cls, value: tuple[dt.date, dt.date | None]) -> tuple[dt.date, dt.date | None]:
+        earliest, latest = value
+        if latest is not None and latest <= earliest:
+            raise ValueError(f"needs earliest < latest, got [{earliest}, {latest}]")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -348,10 +409,25 @@ class SparkConfig(_Strict):
     jdbc_table: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
+#: The longest segmentation ``name``: it names output folders, the MLflow experiment and published rows.
+MAX_NAME_LENGTH = 100
+
+
 class SegmlConfig(_Strict):
     """A whole segml configuration."""
 
-    name: str = Field("segml", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = "segml"
+
+    @field_validator("name")
+    @classmethod
+    def _path_safe_name(cls, value: str) -> str:
+        # The name becomes a folder under output.dir: one safe path component, never '.' or '..'.
+        if (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value) or ".." in value
+                or len(value) > MAX_NAME_LENGTH):
+            raise ValueError(f"needs 1 to {MAX_NAME_LENGTH} letters, digits, '_', '.' or '-', starting with a "
+                             f"letter, digit or '_' and without '..' (it names the output folder), got {value!r}")
+        return value
+
     data: DataConfig
     window: WindowConfig = WindowConfig()
     features: list[Feature] = ["recency_days", "frequency", "monetary"]
@@ -462,6 +538,101 @@ def _resolve(path: str, base: Path) -> str:
     return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
 
 
+#: Bounds on a configuration file, so that a hostile or broken one fails at once instead of
+#: exhausting memory: its size in characters, its values once aliases are expanded, its nesting.
+MAX_CONFIG_CHARS = 1_000_000
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 50
+
+_YAML_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _ConfigLoader(_YAML_BASE):  # type: ignore[misc, valid-type]
+    """YAML's safe loader, refusing a key given twice in one mapping and keeping an impossible
+    date (``2024-13-01``) as text, so the configuration check names its key."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in first_line:
+                    raise ConfigError(f"line {key_node.start_mark.line + 1}: the key {key!r} is given twice in one "
+                                      f"mapping (first at line {first_line[key] + 1}); keep one")
+
+                first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _ConfigLoader.construct_yaml_timestamp)
+
+
+def _count_values(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int], depth: int) -> int:
+    """The values ``node`` stands for once every alias is expanded (each shared node counted once
+    per use, but computed once)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise ConfigError(f"line {node.start_mark.line + 1}: an alias refers to the value that contains it; "
+                          "a configuration cannot be recursive")
+    if depth > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"line {node.start_mark.line + 1}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_count_values(child, sizes, open_nodes, depth + 1) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_count_values(k, sizes, open_nodes, depth + 1) + _count_values(v, sizes, open_nodes, depth + 1)
+                    for k, v in node.value)
+    open_nodes.discard(key)
+    sizes[key] = size
+    return size
+
+
+def read_yaml(text: str, source: str = "<config>") -> Any:
+    """Parse a configuration's YAML text, within the bounds above; every problem is a :class:`ConfigError`.
+
+    The document is composed first (aliases still shared) and its expanded
+    size counted before any Python object is built, so an alias bomb fails
+    in milliseconds.
+    """
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"{source}: {len(text):,} characters; a configuration holds settings, not data, and "
+                          f"may have at most {MAX_CONFIG_CHARS:,}")
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        values = _count_values(node, {}, set(), 0)
+        if values > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: {values:,} values once its aliases (*name) are expanded; a configuration "
+                              f"may hold at most {MAX_CONFIG_VALUES:,}: check the anchors (&name) and aliases")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    except ConfigError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path) -> SegmlConfig:
     """Read, validate and resolve a YAML configuration file.
 
@@ -475,13 +646,7 @@ def load_config(path: str | Path) -> SegmlConfig:
         raise ConfigError(f"configuration file {str(path)!r} not found") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    raw = read_yaml(text, source=str(path))
     config = parse_config(raw, source=str(path))
     base = path.resolve().parent
     data = config.data
