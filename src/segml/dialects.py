@@ -94,6 +94,27 @@ class Dialect:
             return f"isfinite({expr})"
         return f"(NOT isnan({expr}) AND abs({expr}) < double('inf'))"
 
+    def literal(self, value: str) -> str:
+        """A string literal. Spark SQL reads backslash escapes in literals and takes ``''`` for two
+        adjacent literals, so its quotes and backslashes are escaped with backslashes."""
+        if self.name == "duckdb":
+            return sql_string(value)
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    def full_match(self, text: str, pattern: str) -> str:
+        """Whether the whole of ``text`` matches the regular expression ``pattern``, written in the
+        syntax RE2 (DuckDB) and Java (Spark) share."""
+        if self.name == "duckdb":
+            return f"regexp_full_match({text}, {self.literal(pattern)})"
+        return f"({text} RLIKE {self.literal('^(?:' + pattern + ')' + chr(92) + 'z')})"  # \z: the very end
+
+    def longer_than(self, text: str, n: int) -> str:
+        """Whether ``text`` has more than ``n`` characters."""
+        if self.name == "duckdb":
+            # A string has at least as many bytes as characters: the byte count (free) rules most out.
+            return f"(strlen({text}) > {n} AND length({text}) > {n})"
+        return f"(length({text}) > {n})"
+
     def parse_timestamp(self, text: str, strptime_format: str | None) -> str:
         """A text column as a timestamp, NULL where it does not parse."""
         if strptime_format is None:

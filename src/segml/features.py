@@ -27,7 +27,12 @@ return; a *return* is a used line with a negative value or a cancelled order.
 
 Customers whose net spend is not positive, or who only returned goods in the
 window, are not segmented; :func:`compute_features` returns them apart with
-the reason.
+the reason. So are the customers *seen* only in rejected lines: a customer
+id on a rejected line (other than a missing, over-long or malformed one)
+with no used line makes the customer ``all_lines_rejected``, so that every
+customer seen is either segmented or listed with a reason. A customer whose
+lines all fall outside the window is not listed: the window is the period
+looked at, and a customer with no purchase in it is not seen in it.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ import datetime as dt
 import duckdb
 import pandas as pd
 
-from segml.dialects import DUCKDB, Dialect
-from segml.validation import ORDERS
+from segml.dialects import DUCKDB, Dialect, sql_string
+from segml.validation import NO_CUSTOMER_REASONS, ORDERS, WINDOW_REASONS
 
 FEATURE_UNITS: dict[str, str] = {
     "recency_days": "days since the last purchase",
@@ -51,6 +56,9 @@ FEATURE_UNITS: dict[str, str] = {
 EXCLUSION_REASONS: dict[str, str] = {
     "no_purchases": "only returns in the window, no purchase",
     "non_positive_spend": "returns cancel out the purchases: net spend is zero or negative",
+    "non_finite_spend": "the net spend is not a finite number",
+    "all_lines_rejected": "no line of the customer was used: every one was rejected (see rejected_lines.csv) "
+                          "or fell outside the window",
 }
 
 
@@ -58,6 +66,7 @@ def features_sql(as_of: dt.date, d: Dialect = DUCKDB) -> str:
     """The per-customer query over ``order_lines``: one row per customer with its features and,
     for a customer who is not segmented, the reason."""
     as_of_sql = f"DATE '{as_of.isoformat()}'"
+    not_seen = ", ".join(sql_string(r) for r in (*NO_CUSTOMER_REASONS, *WINDOW_REASONS))
     return f"""
         WITH per_customer AS (
             SELECT customer_id,
@@ -79,8 +88,16 @@ def features_sql(as_of: dt.date, d: Dialect = DUCKDB) -> str:
             {d.days_between("first_purchase", as_of_sql)} AS tenure_days,
             CASE WHEN frequency > 0 THEN monetary / frequency END AS avg_order_value,
             CASE WHEN frequency = 0 THEN 'no_purchases'
+                 WHEN monetary IS NULL OR NOT {d.is_finite("monetary")} THEN 'non_finite_spend'
                  WHEN monetary <= 0 THEN 'non_positive_spend' END AS reason
         FROM per_customer
+        UNION ALL
+        -- Customers seen only in rejected lines: few, found among the few rejected rows.
+        SELECT customer_id, NULL, 0, NULL, NULL, NULL, 'all_lines_rejected'
+        FROM {ORDERS}
+        WHERE customer_id IN (SELECT customer_id FROM {ORDERS} WHERE reason NOT IN ({not_seen}))
+        GROUP BY customer_id
+        HAVING sum(CASE WHEN reason IS NULL THEN 1 ELSE 0 END) = 0
     """
 
 

@@ -31,9 +31,8 @@ from segml.dialects import SPARK, backquote
 from segml.errors import InputDataError, SegmlError
 from segml.features import features_sql, split_features
 from segml.models import SegmentModel
-from segml.sources import LINE, RAW, check_columns, file_format, fingerprint_of
+from segml.sources import LINE, MALFORMED, RAW, check_columns, file_format, fingerprint_of
 from segml.validation import (
-    COUNTS_SQL,
     LINES,
     ORDERS,
     REJECTED,
@@ -41,9 +40,11 @@ from segml.validation import (
     ContractReport,
     build_report,
     contract_sql,
+    counts_sql,
     last_valid_sql,
     lines_sql,
     orders_sql,
+    plausible_dates,
     rejected_sql,
     window_of,
 )
@@ -205,23 +206,29 @@ def register_frame(spark: SparkSession, frame: pd.DataFrame) -> None:
 
 def column_types(spark: SparkSession) -> dict[str, str]:
     """The source's own columns and their Spark SQL types."""
-    return {name: kind for name, kind in spark.table(RAW).dtypes if name != LINE}
+    return {name: kind for name, kind in spark.table(RAW).dtypes if name not in (LINE, MALFORMED)}
 
 
 # --- the data contract and the features ------------------------------------------------------------
 
 
-def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig) -> ContractReport:
+def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig,
+                   today: dt.date | None = None) -> ContractReport:
     """The data contract on Spark: the views ``purchase_lines`` and ``rejected_lines``, the table
     ``order_lines`` (cached) and the counts, as :func:`segml.validation.classify_lines` does on DuckDB."""
     types = column_types(spark)
-    last = spark.sql(last_valid_sql(data, types, LINE, SPARK)).first()[0] if window.as_of is None else None
+    malformed, keep = MALFORMED in spark.table(RAW).columns, data.duplicates == "keep"
+    plausible = plausible_dates(data, today)
+    last = (spark.sql(last_valid_sql(data, types, LINE, SPARK, malformed, plausible)).first()[0]
+            if window.as_of is None else None)
     as_of, window_start = window_of(window, last)
-    spark.sql(contract_sql(data, types, LINE, SPARK)).createOrReplaceTempView(STAGED)
-    spark.sql(lines_sql(as_of, window_start, SPARK)).createOrReplaceTempView(LINES)
-    spark.sql(orders_sql(SPARK)).persist().createOrReplaceTempView(ORDERS)
+    spark.sql(contract_sql(data, types, LINE, SPARK, malformed=malformed, plausible=plausible)
+              ).createOrReplaceTempView(STAGED)
+    spark.sql(lines_sql(as_of, window_start, SPARK, keep)).createOrReplaceTempView(LINES)
+    spark.sql(orders_sql(SPARK, keep)).persist().createOrReplaceTempView(ORDERS)
     spark.sql(rejected_sql(SPARK)).createOrReplaceTempView(REJECTED)
-    counts = [(r["status"], r["reason"], int(r["n"])) for r in spark.sql(COUNTS_SQL).collect()]
+    counts = [(r["status"], r["reason"], int(r["n"]), r["last_purchase"], int(r["duplicates"] or 0))
+              for r in spark.sql(counts_sql(keep)).collect()]
     # The lines read and the fingerprint of their content, in one pass.
     columns = ", ".join(backquote(c) for c in types)
     rows, total = spark.sql(f"SELECT count(*), sum(CAST(xxhash64({columns}) AS DECIMAL(38, 0))) FROM {RAW}").first()

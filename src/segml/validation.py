@@ -13,6 +13,13 @@ order's first and last purchase day and value, and the rejected lines' own
 values. The counts, the features (:mod:`segml.features`) and the rejected
 lines all come from that table, which holds about one row per order instead
 of one per line.
+
+Text values are read strictly: a number must read under ``data.decimal`` and
+``data.thousands`` (``12,50`` is not 1250), ``data.null_markers`` such as
+``NULL`` or ``#N/A`` are missing values, and a date outside
+``data.plausible_dates`` is rejected rather than allowed to move the as-of
+date. A CSV line the reader cannot split into the file's columns is a
+rejected line too (:func:`segml.sources.take_malformed_lines`).
 """
 
 from __future__ import annotations
@@ -26,9 +33,19 @@ import numpy as np
 import pandas as pd
 
 from segml.config import DataConfig, WindowConfig
+from segml.contract import MAX_ID_LENGTH
 from segml.dialects import DUCKDB, Dialect, sql_string
 from segml.errors import InputDataError
-from segml.sources import RAW, column_types, fingerprint_of, line_hashes, line_number
+from segml.sources import (
+    MALFORMED,
+    RAW,
+    column_types,
+    fingerprint_of,
+    has_malformed,
+    line_hashes,
+    line_number,
+    take_malformed_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +55,24 @@ STAGED = "classified_lines"
 ORDERS = "order_lines"
 REPEATED = "repeated_hashes"
 
+#: The largest value of one line (quantity x unit price, or the amount), in absolute terms. Larger
+#: values are data errors (a trillion for one line), and bounding them keeps every sum finite.
+MAX_LINE_AMOUNT = 1e12
+
 #: Reasons a line is rejected, in the order they are checked.
 REJECTION_REASONS: dict[str, str] = {
-    "missing_customer_id": "the customer id is empty",
-    "missing_timestamp": "the timestamp is empty",
+    "malformed_line": "the CSV line does not split into the file's columns (a ragged row, an unterminated quote, "
+                      "a line over 2,000,000 bytes); its text is kept in line_text",
+    "missing_customer_id": "the customer id is empty or one of data.null_markers",
+    "customer_id_too_long": f"the customer id has more than {MAX_ID_LENGTH} characters (the published table's limit)",
+    "missing_timestamp": "the timestamp is empty or one of data.null_markers",
     "unparseable_timestamp": "the timestamp does not match data.timestamp_format",
-    "missing_amount": "the amount, quantity or unit price is empty",
-    "non_numeric_amount": "the amount, quantity or unit price is not a finite number",
+    "implausible_timestamp": "the purchase date is outside data.plausible_dates",
+    "missing_amount": "the amount, quantity or unit price is empty or one of data.null_markers",
+    "non_numeric_amount": "the amount, quantity or unit price is not a finite number written with data.decimal "
+                          "and data.thousands",
+    "amount_out_of_range": f"the line's value (quantity x unit price, or the amount) is over {MAX_LINE_AMOUNT:.0e} "
+                           "in absolute value",
     "zero_price": "the unit price (or the amount) is zero",
     "negative_price": "the unit price is negative (an accounting adjustment, not a sale)",
     "zero_quantity": "the quantity is zero",
@@ -57,6 +85,17 @@ WINDOW_REASONS: dict[str, str] = {
     "after_as_of": "the purchase is on or after the as-of date",
     "before_window": "the purchase is before the look-back window",
 }
+
+#: Rejections that leave a line without a customer: the customer is not seen through that line.
+NO_CUSTOMER_REASONS = ("malformed_line", "missing_customer_id", "customer_id_too_long")
+
+#: The struct field of a rejected line holding a malformed line's own text.
+LINE_TEXT = "line_text"
+
+#: A warning is given when more than this share of the lines read falls outside the window, and
+#: when the as-of date is more than this many days after the last valid purchase.
+OUTSIDE_SHARE_WARNING = 0.5
+STALE_AS_OF_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -74,10 +113,20 @@ class ContractReport:
     #: The lines' content: their count and an order-independent sum of line hashes
     #: (``sources.fingerprint_of``). Each engine has its own hash, so reports compare without it.
     fingerprint: str = field(default="", compare=False)
+    #: Used lines that repeat an earlier line exactly, kept with ``data.duplicates: keep``
+    #: (with ``reject`` the repetitions are counted as ``duplicate_line`` instead).
+    duplicates_kept: int = 0
+    #: The last day with a valid purchase (used or outside the window), if any.
+    last_valid_purchase: dt.date | None = None
+    #: Usable but doubtful results: what looks wrong, the values seen and the setting to check.
+    warnings: list[str] = field(default_factory=list)
 
     def as_frame(self) -> pd.DataFrame:
-        """The counts as a table: one row per status and reason."""
-        rows = [("used", "", self.rows_used)]
+        """The counts as a table: one row per status and reason (kept duplicates are used lines with
+        the reason ``duplicate_kept``); the lines add up to the lines read."""
+        rows = [("used", "", self.rows_used - self.duplicates_kept)]
+        if self.duplicates_kept:
+            rows.append(("used", "duplicate_kept", self.duplicates_kept))
         rows += [("rejected", r, n) for r, n in self.rejected_by_reason.items()]
         rows += [("outside_window", r, n) for r, n in self.outside_by_reason.items()]
         return pd.DataFrame(rows, columns=["status", "reason", "lines"])
@@ -94,8 +143,13 @@ def _text(expr: str, d: Dialect) -> str:
 
 def _customer_id(expr: str, sql_type: str, d: Dialect) -> str:
     upper = sql_type.upper()
-    if upper in ("DOUBLE", "FLOAT", "REAL") or upper.startswith("DECIMAL"):
-        # Ids stored as floats (17850.0) are whole numbers written without the fraction.
+    if upper in ("DOUBLE", "FLOAT", "REAL"):
+        # Ids stored as floats (17850.0) are whole numbers written without the fraction; NaN is no id
+        # (not the customer 'nan'), nor is an infinity.
+        return (f"CASE WHEN NOT {d.is_finite(expr)} THEN NULL "
+                f"WHEN {expr} = floor({expr}) AND abs({expr}) < 1e15 "
+                f"THEN CAST(CAST({expr} AS BIGINT) AS {d.text_type}) ELSE CAST({expr} AS {d.text_type}) END")
+    if upper.startswith("DECIMAL"):
         return (f"CASE WHEN {expr} = floor({expr}) AND abs({expr}) < 1e15 "
                 f"THEN CAST(CAST({expr} AS BIGINT) AS {d.text_type}) ELSE CAST({expr} AS {d.text_type}) END")
     return _text(expr, d)
@@ -106,11 +160,49 @@ def _cleaned(expr: str, sql_type: str, d: Dialect) -> str:
     return _text(expr, d) if _is_text(sql_type) else expr
 
 
-def _to_number(expr: str, sql_type: str) -> str:
-    """A cleaned column as a double, NULL when it is not a number (thousands separators allowed)."""
-    if _is_text(sql_type):
-        return f"TRY_CAST(replace({expr}, ',', '') AS DOUBLE)"
-    return f"TRY_CAST({expr} AS DOUBLE)"
+def _unmarked(expr: str, markers: list[str], d: Dialect) -> str:
+    """A cleaned text column with the null markers (``NULL``, ``#N/A``...) as NULL."""
+    if not markers:
+        return expr
+    return f"CASE WHEN {expr} IN ({', '.join(d.literal(m) for m in markers)}) THEN NULL ELSE {expr} END"
+
+
+def _to_number(expr: str, sql_type: str, data: DataConfig, d: Dialect) -> str:
+    """A cleaned column as a double, NULL when it is not a number written the configured way.
+
+    Text must be a plain number with ``data.decimal`` as the decimal mark
+    (``-12.5``, ``1e3``), or one grouped by ``data.thousands`` in threes
+    (``1,234,567.89``). Anything else is NULL: ``12,50`` under ``decimal: "."``
+    or ``1,2,3`` is a bad value, not 1250 or 123. The pattern is checked on
+    both engines, so neither accepts its own extras (DuckDB's ``1_000``,
+    Spark's ``1.5d``).
+    """
+    if not _is_text(sql_type):
+        return f"TRY_CAST({expr} AS DOUBLE)"
+    mark = "[.]" if data.decimal == "." else ","
+    plain = f"[+-]?([0-9]+({mark}[0-9]*)?|{mark}[0-9]+)([eE][+-]?[0-9]+)?"
+
+    def as_double(text: str) -> str:
+        if data.decimal != ".":
+            text = f"replace({text}, {d.literal(data.decimal)}, '.')"
+        return f"TRY_CAST({text} AS DOUBLE)"
+
+    number = f"CASE WHEN {d.full_match(expr, plain)} THEN {as_double(expr)}"
+    if data.thousands is not None:
+        group = "[.]" if data.thousands == "." else data.thousands
+        grouped = f"[+-]?[0-9]{{1,3}}({group}[0-9]{{3}})+({mark}[0-9]*)?"
+        ungrouped = f"replace({expr}, {d.literal(data.thousands)}, {d.literal('')})"
+        number += f" WHEN {d.full_match(expr, grouped)} THEN {as_double(ungrouped)}"
+    return number + " END"
+
+
+def plausible_dates(data: DataConfig, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The first and last plausible purchase days: ``data.plausible_dates``, the last defaulting to
+    366 days after ``today`` (the day of the run)."""
+    earliest, latest = data.plausible_dates
+    if latest is None:
+        latest = (today or dt.date.today()) + dt.timedelta(days=366)
+    return earliest, latest
 
 
 #: ``contract_sql``'s default: the hashes that repeat are found by a group-by in the same query.
@@ -118,28 +210,44 @@ GROUP_HASHES = "SELECT __hash FROM numbered GROUP BY __hash HAVING count(*) > 1"
 
 
 def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_number() OVER ()",
-                 d: Dialect = DUCKDB, repeated: str | None = GROUP_HASHES) -> str:
+                 d: Dialect = DUCKDB, repeated: str | None = GROUP_HASHES, malformed: bool = False,
+                 plausible: tuple[dt.date, dt.date] | None = None) -> str:
     """The query that classifies every line of ``raw_purchases`` (one row per line).
 
-    Each source column is cleaned once (trimmed text, NULL when empty) and
-    parsed once; the reasons then test those columns. ``repeated`` is a
-    query of the line hashes (column ``__hash``, :meth:`Dialect.hash` of every
-    column) that occur more than once: only lines with such a hash can be
-    duplicates. With ``None`` no line is a duplicate (a cheaper query, for a
-    source known to have no repeated hash or for questions duplicates cannot
-    change).
+    Each source column is cleaned once (trimmed text, NULL when empty or a
+    null marker) and parsed once; the reasons then test those columns.
+    ``repeated`` is a query of the line hashes (column ``__hash``,
+    :meth:`Dialect.hash` of every column) that occur more than once: only
+    lines with such a hash can be duplicates. With ``None`` no line is a
+    duplicate (a cheaper query, for a source known to have no repeated hash
+    or for questions duplicates cannot change). ``malformed``: the source
+    has the column :data:`segml.sources.MALFORMED`, a malformed line's text.
+    ``plausible`` is the first and last plausible day (:func:`plausible_dates`).
+
+    With ``data.duplicates: keep`` a duplicate goes on to the checks after
+    ``duplicate_line`` and the column ``__dup`` marks it.
     """
     cols = data.columns
     quote = d.ident
     all_columns = ", ".join(quote(c) for c in types)
     ts_type = types[cols.timestamp]
+    markers = data.null_markers
+    earliest, latest = plausible or plausible_dates(data)
 
-    # Cleaned columns: __c_<name>; parsed numbers __q, __p (or __v for a single amount).
-    cleaned = [f"{_customer_id(quote(cols.customer_id), types[cols.customer_id], d)} AS __cid",
-               f"{_cleaned(quote(cols.timestamp), ts_type, d)} AS __c_ts"]
+    # Cleaned (trimmed) columns __t_<name>; then without null markers __cid, __c_<name>;
+    # then parsed numbers __q, __p (or __v for a single amount) and the time __ts.
+    trimmed = [f"{_customer_id(quote(cols.customer_id), types[cols.customer_id], d)} AS __t_cid",
+               f"{_cleaned(quote(cols.timestamp), ts_type, d)} AS __t_ts"]
+    unmarked = [f"{_unmarked('__t_cid', markers if _is_text(types[cols.customer_id]) else [], d)} AS __cid",
+                f"{_unmarked('__t_ts', markers if _is_text(ts_type) else [], d)} AS __c_ts"]
+
+    def text_column(name: str, short: str) -> None:
+        trimmed.append(f"{_cleaned(quote(name), types[name], d)} AS __t_{short}")
+        unmarked.append(f"{_unmarked(f'__t_{short}', markers if _is_text(types[name]) else [], d)} AS __c_{short}")
+
     if cols.amount is not None:
-        cleaned.append(f"{_cleaned(quote(cols.amount), types[cols.amount], d)} AS __c_v")
-        parsed = [f"{_to_number('__c_v', types[cols.amount])} AS __v"]
+        text_column(cols.amount, "v")
+        parsed = [f"{_to_number('__c_v', types[cols.amount], data, d)} AS __v"]
         missing_amount = "__c_v IS NULL"
         bad_number = f"(__v IS NULL OR NOT {d.is_finite('__v')})"
         zero_price, negative_price, zero_quantity = "__v = 0", "false", "false"
@@ -147,9 +255,10 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
         magnitude = "abs(__v)"
     else:
         q_name, p_name = cols.quantity or "", cols.unit_price or ""
-        cleaned += [f"{_cleaned(quote(q_name), types[q_name], d)} AS __c_q",
-                    f"{_cleaned(quote(p_name), types[p_name], d)} AS __c_p"]
-        parsed = [f"{_to_number('__c_q', types[q_name])} AS __q", f"{_to_number('__c_p', types[p_name])} AS __p"]
+        text_column(q_name, "q")
+        text_column(p_name, "p")
+        parsed = [f"{_to_number('__c_q', types[q_name], data, d)} AS __q",
+                  f"{_to_number('__c_p', types[p_name], data, d)} AS __p"]
         missing_amount = "(__c_q IS NULL OR __c_p IS NULL)"
         bad_number = f"(__q IS NULL OR __p IS NULL OR NOT {d.is_finite('__q')} OR NOT {d.is_finite('__p')})"
         zero_price, negative_price, zero_quantity = "__p = 0", "__p < 0", "__q = 0"
@@ -163,43 +272,75 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
 
     day = f"CAST(CAST(__ts AS DATE) AS {d.text_type})"  # orders are purchase days without an order column
     if cols.order_id is not None:
-        cleaned.append(f"{_text(quote(cols.order_id), d)} AS __c_order")
+        text_column(cols.order_id, "order")
         order_key = f"COALESCE(__c_order, {day})"
     else:
-        cleaned.append("NULL AS __c_order")
+        unmarked.append("NULL AS __c_order")
         order_key = day
     prefix = data.returns.cancel_prefix
-    cancelled = (f"substring(__c_order, 1, {len(prefix)}) = {sql_string(prefix)}"
+    cancelled = (f"substring(__c_order, 1, {len(prefix)}) = {d.literal(prefix)}"
                  if prefix and cols.order_id else "false")
     exclude_returns = "true" if data.returns.policy == "exclude" else "false"
+    # Lines dated from the first plausible day up to the end of the last one.
+    too_early = f"__ts < {d.timestamp_literal(earliest.isoformat())}"
+    too_late = (f"__ts >= {d.timestamp_literal((latest + dt.timedelta(days=1)).isoformat())}"
+                if latest < dt.date.max else "false")
+    long_id = d.longer_than("__cid", MAX_ID_LENGTH) if _is_text(types[cols.customer_id]) else "false"
 
     reasons = [
+        ("malformed_line", "__malformed IS NOT NULL" if malformed else "false"),
         ("missing_customer_id", "__cid IS NULL"),
+        ("customer_id_too_long", long_id),
         ("missing_timestamp", "__c_ts IS NULL"),
         ("unparseable_timestamp", "__ts IS NULL"),
+        ("implausible_timestamp", f"({too_early} OR {too_late})"),
         ("missing_amount", missing_amount),
         ("non_numeric_amount", bad_number),
+        ("amount_out_of_range", f"{magnitude} > {MAX_LINE_AMOUNT:.0e}"),
         ("zero_price", zero_price),
         ("negative_price", negative_price),
         ("zero_quantity", zero_quantity),
         ("duplicate_line", "__duplicate"),
         ("return_excluded", f"{exclude_returns} AND __ret"),
     ]
-    # The conditions test columns parsed in an earlier step, so a CASE parses nothing twice
-    # (a list of every test, then its first true position, was 10% slower on DuckDB).
-    reason_case = "CASE " + " ".join(f"WHEN {cond} THEN {sql_string(name)}" for name, cond in reasons) + " END"
+    assert [name for name, _ in reasons] == list(REJECTION_REASONS)
+    reasons = [(name, cond) for name, cond in reasons if cond != "false"]
+
+    def first_reason(candidates: list[tuple[str, str]]) -> str:
+        # The conditions test columns parsed in an earlier step, so a CASE parses nothing twice
+        # (a list of every test, then its first true position, was 10% slower on DuckDB).
+        return "CASE " + " ".join(f"WHEN {cond} THEN {sql_string(name)}" for name, cond in candidates) + " END"
+
+    keep = data.duplicates == "keep"
+    if keep:
+        # A kept duplicate is a line like any other: the checks after duplicate_line still apply.
+        after = reasons[[name for name, _ in reasons].index("duplicate_line") + 1:]
+        later = first_reason(after) if after else "NULL"
+        classified = f"""classified_first AS (
+            SELECT *, {first_reason(reasons)} AS __first FROM checked
+        ), classified AS (
+            SELECT *, CASE WHEN __first = 'duplicate_line' THEN {later} ELSE __first END AS __reason,
+                   COALESCE(__first = 'duplicate_line', false) AS __dup
+            FROM classified_first
+        )"""
+    else:
+        classified = f"classified AS (SELECT *, {first_reason(reasons)} AS __reason FROM checked)"
 
     # Exact duplicates: only the few lines whose 64-bit hash repeats are
     # compared column by column (so a hash collision never makes a false
     # duplicate) and numbered in line order.
     same_as_first = " AND ".join(f"{c} IS NOT DISTINCT FROM first_value({c}) OVER same_hash" for c in
                                  [quote(name) for name in types])
-    raw_struct = d.struct(list(types))
+    raw_fields = {name: quote(name) for name in types}
+    if malformed:
+        raw_fields[LINE_TEXT if LINE_TEXT not in types else f"__{LINE_TEXT}"] = "__malformed"
+    raw_struct = d.pack(raw_fields)
+    own = all_columns + (f", {quote(MALFORMED)} AS __malformed" if malformed else "")
     if repeated is None:
-        numbered_sql = f"SELECT {all_columns}, {line} AS __line FROM {RAW}"
+        numbered_sql = f"SELECT {own}, {line} AS __line FROM {RAW}"
         duplicates, scanned, duplicate = "", "numbered", "false"
     else:
-        numbered_sql = f"SELECT {all_columns}, {line} AS __line, {d.hash(all_columns)} AS __hash FROM {RAW}"
+        numbered_sql = f"SELECT {own}, {line} AS __line, {d.hash(all_columns)} AS __hash FROM {RAW}"
         duplicates = f"""repeated AS ({repeated}), copies AS (
             SELECT __line, (row_number() OVER same_hash > 1 AND {same_as_first}) AS __duplicate
             FROM numbered WHERE __hash IN (SELECT __hash FROM repeated)
@@ -215,16 +356,16 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
     # (usually few) rejected lines.
     return f"""
         WITH numbered AS {materialized} ({numbered_sql}), {duplicates} cleaned AS (
-            SELECT numbered.*, {", ".join(cleaned)}, {duplicate} AS __duplicate
+            SELECT numbered.*, {", ".join(trimmed)}, {duplicate} AS __duplicate
             FROM {scanned}
+        ), unmarked AS (
+            SELECT *, {", ".join(unmarked)} FROM cleaned
         ), parsed AS (
-            SELECT *, {", ".join(parsed)} FROM cleaned
+            SELECT *, {", ".join(parsed)} FROM unmarked
         ), checked AS (
             SELECT *, ({negative}) OR COALESCE({cancelled}, false) AS __ret FROM parsed
-        ), classified AS (
-            SELECT *, {reason_case} AS __reason FROM checked
-        )
-        SELECT __line, __cid, __ts, __ret, __reason,
+        ), {classified}
+        SELECT __line, __cid, __ts, __ret, __reason,{" __dup," if keep else ""}
                {order_key} AS __order,
                CASE WHEN __reason IS NULL
                     THEN CASE WHEN __ret THEN -{magnitude} ELSE {magnitude} END END AS __amount,
@@ -242,46 +383,55 @@ def window_of(window: WindowConfig, last_valid: dt.datetime | None) -> tuple[dt.
     return as_of, window_start
 
 
-def last_valid_sql(data: DataConfig, types: dict[str, str], line: str, d: Dialect = DUCKDB) -> str:
+def last_valid_sql(data: DataConfig, types: dict[str, str], line: str, d: Dialect = DUCKDB,
+                   malformed: bool = False, plausible: tuple[dt.date, dt.date] | None = None) -> str:
     """The time of the last valid line, for the default as-of date.
 
     The duplicate check is left out: a duplicate shares its original's time.
+    A line dated outside ``data.plausible_dates`` is not valid, so a stray
+    2999 never moves the as-of date.
     """
-    quick = contract_sql(data, types, line, d, repeated=None)
+    quick = contract_sql(data, types, line, d, repeated=None, malformed=malformed, plausible=plausible)
     return f"SELECT max(__ts) FROM ({quick}) AS __quick WHERE __reason IS NULL"
 
 
-def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB) -> str:
+def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB, keep: bool = False) -> str:
     """The ``purchase_lines`` view over the classified lines: status and reason as of ``as_of``.
 
     ``source`` holds the source's own values of a rejected line (NULL otherwise).
+    With ``keep`` (``data.duplicates: keep``) the column ``duplicate`` marks
+    the kept repetitions of an earlier line.
     """
     start_sql = d.timestamp_literal(window_start.isoformat()) if window_start else "NULL"
     as_of_sql = d.timestamp_literal(as_of.isoformat())
+    duplicate = ", duplicate" if keep else ""
     return f"""
-        SELECT line, customer_id, ts, order_key, amount, is_return, {status_of("reason")} AS status, reason, source
+        SELECT line, customer_id, ts, order_key, amount, is_return, {status_of("reason")} AS status, reason,
+            source{duplicate}
         FROM (
             SELECT __line AS line, __cid AS customer_id, __ts AS ts, __order AS order_key,
                 __amount AS amount, __ret AS is_return,
                 CASE WHEN __reason IS NOT NULL THEN __reason
                      WHEN __ts >= {as_of_sql} THEN 'after_as_of'
                      WHEN __ts < {start_sql} THEN 'before_window' END AS reason,
-                __raw AS source
+                __raw AS source{", __dup AS duplicate" if keep else ""}
             FROM {STAGED}
         ) AS __windowed
     """
 
 
-def orders_sql(d: Dialect = DUCKDB) -> str:
+def orders_sql(d: Dialect = DUCKDB, keep: bool = False) -> str:
     """The ``order_lines`` table: ``purchase_lines`` summed per customer, order and reason.
 
     The reason alone tells the status (:func:`status_of`); purchase days
     rather than times (the features count whole days) and no separate
     status keep each of the tens of millions of orders small, which matters
-    most once the table outgrows ``duckdb.memory_limit`` and spills.
+    most once the table outgrows ``duckdb.memory_limit`` and spills. With
+    ``keep``, ``duplicates`` counts the kept repetitions among the lines.
     """
+    duplicates = "count(*) FILTER (WHERE duplicate) AS duplicates," if keep else ""
     return f"""
-        SELECT customer_id, order_key, reason, count(*) AS lines,
+        SELECT customer_id, order_key, reason, count(*) AS lines, {duplicates}
             max(CAST(ts AS DATE)) FILTER (WHERE NOT is_return) AS last_purchase,
             min(CAST(ts AS DATE)) FILTER (WHERE NOT is_return) AS first_purchase,
             {d.exact_sum("amount")} AS amount,
@@ -306,16 +456,45 @@ def rejected_sql(d: Dialect = DUCKDB) -> str:
     """
 
 
-#: Lines per status and reason, from ``order_lines``.
-COUNTS_SQL = f"SELECT {status_of('reason')} AS status, reason, sum(lines) AS n FROM {ORDERS} GROUP BY reason"
+def counts_sql(keep: bool = False) -> str:
+    """Per status and reason, from ``order_lines``: the lines, the last purchase day and the kept
+    duplicates (0 unless ``keep``)."""
+    duplicates = "sum(duplicates)" if keep else "0"
+    return (f"SELECT {status_of('reason')} AS status, reason, sum(lines) AS n, max(last_purchase) AS last_purchase, "
+            f"{duplicates} AS duplicates FROM {ORDERS} GROUP BY reason")
 
 
-def build_report(rows_read: int, counts: list[tuple[str, str | None, int]], as_of: dt.date,
-                 window_start: dt.date | None, fingerprint: str = "") -> ContractReport:
-    """The contract's accounting from the counts per status and reason; fails when nothing is usable."""
-    rejected = {r: n for s, r, n in counts if s == "rejected"}
-    outside = {r: n for s, r, n in counts if s == "outside_window"}
-    used = sum(n for s, _, n in counts if s == "used")
+def window_warnings(rows_read: int, outside: dict[str, int], as_of: dt.date, window_start: dt.date | None,
+                    last_valid: dt.date | None) -> list[str]:
+    """What looks wrong about the window: most lines outside it, or an as-of date long after the
+    last valid purchase. Each message gives the values seen and the setting to check."""
+    warnings = []
+    n_outside = sum(outside.values())
+    if rows_read and n_outside > OUTSIDE_SHARE_WARNING * rows_read:
+        lookback = f"{(as_of - window_start).days} days" if window_start else "unset"
+        warnings.append(
+            f"{n_outside:,} of {rows_read:,} lines ({n_outside / rows_read:.0%}) fall outside the window: "
+            f"{outside.get('after_as_of', 0):,} on or after the as-of date {as_of}, "
+            f"{outside.get('before_window', 0):,} before the look-back start {window_start or '-'}; "
+            f"check window.as_of ({as_of}) and window.lookback_days ({lookback})")
+    if last_valid is not None and (as_of - last_valid).days > STALE_AS_OF_DAYS:
+        days = (as_of - last_valid).days
+        warnings.append(
+            f"the as-of date {as_of} is {days:,} days after the last valid purchase ({last_valid}): every "
+            f"customer's recency is over {STALE_AS_OF_DAYS} days; set window.as_of to "
+            f"{last_valid + dt.timedelta(days=1)} or leave it out (the day after the last valid purchase)")
+    return warnings
+
+
+def build_report(rows_read: int, counts: list[tuple], as_of: dt.date, window_start: dt.date | None,
+                 fingerprint: str = "") -> ContractReport:
+    """The contract's accounting from the rows of :func:`counts_sql` (status, reason, lines, last
+    purchase day, kept duplicates); fails when nothing is usable and warns about a doubtful window."""
+    rejected = {r: n for s, r, n, _, _ in counts if s == "rejected"}
+    outside = {r: n for s, r, n, _, _ in counts if s == "outside_window"}
+    used = sum(n for s, _, n, _, _ in counts if s == "used")
+    valid_days = [day for s, _, _, day, _ in counts if s != "rejected" and day is not None]
+    last_valid = max(valid_days) if valid_days else None
     report = ContractReport(
         rows_read=rows_read,
         rows_used=used,
@@ -326,11 +505,16 @@ def build_report(rows_read: int, counts: list[tuple[str, str | None, int]], as_o
         rejected_by_reason={r: rejected[r] for r in REJECTION_REASONS if r in rejected},
         outside_by_reason={r: outside[r] for r in WINDOW_REASONS if r in outside},
         fingerprint=fingerprint,
+        duplicates_kept=int(sum(k or 0 for s, _, _, _, k in counts if s == "used")),
+        last_valid_purchase=last_valid,
+        warnings=window_warnings(rows_read, outside, as_of, window_start, last_valid),
     )
     if report.rows_used + report.rows_rejected + report.rows_outside_window != rows_read:
         raise AssertionError(f"line counts do not reconcile: {report}")  # a bug in segml, never the data
     log.info("data contract: %d read, %d used, %d rejected, %d outside the window (as of %s)",
              rows_read, used, report.rows_rejected, report.rows_outside_window, as_of)
+    for warning in report.warnings:
+        log.warning("data contract: %s", warning)
     if used == 0:
         raise InputDataError(
             f"no usable purchase lines: {rows_read} read, rejected {report.rejected_by_reason}, "
@@ -340,37 +524,47 @@ def build_report(rows_read: int, counts: list[tuple[str, str | None, int]], as_o
     return report
 
 
-def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: WindowConfig) -> ContractReport:
+def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: WindowConfig,
+                   today: dt.date | None = None) -> ContractReport:
     """Classify every line of ``raw_purchases`` and fix the as-of window.
 
     Defines the view ``purchase_lines`` (columns ``line``, ``customer_id``,
     ``ts``, ``order_key``, ``amount``, ``is_return``, ``status``, ``reason``,
     ``source``), reads it once into ``order_lines`` and returns the counts,
-    which always add up to the lines read.
+    which always add up to the lines read. ``today`` (the day of the run by
+    default) places the default last plausible day.
 
     The hash of every line is read and sorted first: it finds the hashes that
     repeat (only their lines are compared for duplicates, and a source
     without any skips the comparison) and gives the source's fingerprint.
     Sorting 8 bytes a line beats DuckDB's group-by over every line by half,
     and by far once that group-by outgrows ``duckdb.memory_limit`` and spills.
+    That same read finds a CSV's malformed lines, which then join the source.
     """
-    types, line = column_types(con), line_number(con)
+    types = column_types(con)
     hashes = line_hashes(con)
     repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-    rows_read, fingerprint = len(hashes), fingerprint_of(len(hashes), int(hashes.sum(dtype=np.uint64)))
+    n_malformed, malformed_hash_sum = take_malformed_lines(con)
+    rows_read = len(hashes) + n_malformed
+    fingerprint = fingerprint_of(rows_read, int(hashes.sum(dtype=np.uint64)) + malformed_hash_sum)
     del hashes  # 8 bytes a line: gone before the main pass needs the memory
+    line, malformed, keep = line_number(con), has_malformed(con), data.duplicates == "keep"
+    plausible = plausible_dates(data, today)
     if len(repeated):
         con.register("_repeated", pd.DataFrame({"__hash": repeated}))
         con.execute(f"CREATE OR REPLACE TEMP TABLE {REPEATED} AS SELECT CAST(__hash AS UBIGINT) AS __hash FROM _repeated")
         con.unregister("_repeated")
-    last = con.execute(last_valid_sql(data, types, line)).fetchone()[0] if window.as_of is None else None
+    last = (con.execute(last_valid_sql(data, types, line, malformed=malformed, plausible=plausible)).fetchone()[0]
+            if window.as_of is None else None)
     as_of, window_start = window_of(window, last)
-    contract = contract_sql(data, types, line, repeated=f"SELECT __hash FROM {REPEATED}" if len(repeated) else None)
+    contract = contract_sql(data, types, line, repeated=f"SELECT __hash FROM {REPEATED}" if len(repeated) else None,
+                            malformed=malformed, plausible=plausible)
     con.execute(f"CREATE OR REPLACE VIEW {STAGED} AS {contract}")
-    con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start)}")
-    con.execute(f"CREATE OR REPLACE TABLE {ORDERS} AS {orders_sql()}")
+    con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start, keep=keep)}")
+    con.execute(f"CREATE OR REPLACE TABLE {ORDERS} AS {orders_sql(keep=keep)}")
     con.execute(f"CREATE OR REPLACE VIEW {REJECTED} AS {rejected_sql()}")
-    return build_report(rows_read, con.execute(COUNTS_SQL).fetchall(), as_of, window_start, fingerprint=fingerprint)
+    return build_report(rows_read, con.execute(counts_sql(keep)).fetchall(), as_of, window_start,
+                        fingerprint=fingerprint)
 
 
 def rejected_lines(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> pd.DataFrame:
