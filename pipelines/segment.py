@@ -22,6 +22,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import segml
+from pipelines import publication
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
@@ -140,6 +141,20 @@ def compare_with_published(published: tracking.Published | None, assignments: pd
     migration = migrate(previous, assignments)
     shifts = drift(previous, assignments, published.catalogue if published else None, identity.segments)
     return migration, shifts
+
+
+def run_warnings(purchases: Purchases, model: SegmentModel, config: SegmlConfig) -> list[str]:
+    """What a reviewer should know before trusting the run: the data contract's warnings (most lines
+    outside the window, an as-of date far past the last purchase) and a k at either end of ``k_range``."""
+    warnings = list(getattr(purchases.report, "warnings", []))
+    low, high = config.model.k_range
+    k = model.n_segments
+    if config.model.n_clusters is None and low < high and k in (low, high):
+        side, move = ("lowest", f"lower the first bound of model.k_range (now {low})") if k == low else \
+            ("highest", f"raise the second bound of model.k_range (now {high})")
+        warnings.append(f"k = {k} is the {side} number of segments tried; a better k may lie outside "
+                        f"[{low}, {high}]: {move} to compare more")
+    return warnings
 
 
 def run_metrics(purchases: Purchases, scored: Quality, segments: pd.DataFrame) -> dict[str, float]:
@@ -282,24 +297,37 @@ def resolve_as_of(as_of: dt.date | None, config: SegmlConfig) -> dt.date | None:
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def publish_database(config: SegmlConfig, as_of: dt.date, assignments: pd.DataFrame, identity: Identity,
-                     run_id: str, version: int) -> str:
-    """Publish the assignments and the catalogue to the CRM database in one transaction."""
+                     run_id: str, version: int, force: bool = False) -> str | None:
+    """The commit point: the assignments and the catalogue in the CRM database in one transaction
+    (without a database, the alias ``champion``)."""
     import os
 
     from segml.config import publish_url
-    from segml.publish import create_engine, publish_assignments
 
-    url = publish_url(config, dict(os.environ))
-    engine = create_engine(url)
-    try:
-        descriptions = identity.segments.set_index("segment_id")["description"]
-        catalogue = identity.catalogue.assign(description=identity.catalogue["segment_id"].map(descriptions))
-        rows = publish_assignments(engine, config.name, as_of, assignments, catalogue, run_id, version)
-    finally:
-        engine.dispose()
-    safe = _without_password(url)
+    descriptions = identity.segments.set_index("segment_id")["description"]
+    catalogue = identity.catalogue.assign(description=identity.catalogue["segment_id"].map(descriptions))
+    rows = publication.commit(config, as_of, assignments, catalogue, run_id, version, "refit", force)
+    if not config.publish.database:
+        return None
+    safe = _without_password(publish_url(config, dict(os.environ)))
     get_run_logger().info("published %d assignments to %s", rows, safe)
     return safe
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def finish_publication(config: SegmlConfig, handle: tracking.RunHandle, staging: Path, destination: Path,
+                       as_of: dt.date, version: int, source: str = "refit") -> None:
+    """After the commit: the files into the output folder, the alias, the run finished."""
+    publication.finish(config, handle.uri, handle.run_id, staging, destination, as_of, version, source)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def settle_publications(config: SegmlConfig) -> list[str]:
+    """Converge what an earlier crash left half done (see pipelines/publication.py)."""
+    done = publication.settle(config)
+    for line in done:
+        get_run_logger().warning("repaired: %s", line)
+    return done
 
 
 def _without_password(uri: str) -> str:
@@ -311,13 +339,15 @@ def _artifact_key(name: str) -> str:
 
 
 @flow(name="segment-customers", log_prints=False)
-def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[str, Any]:
+def segment_customers(config: str | Path, as_of: dt.date | None = None, force: bool = False) -> dict[str, Any]:
     """Segment the customers of a configuration's purchases, record the run in MLflow and publish the files.
 
     Parameters
     ----------
     config : path to the YAML configuration.
     as_of : features as of this date; overrides ``window.as_of``.
+    force : publish even when the CRM reads a publication of a later as-of date (which a rerun of a
+        past date otherwise leaves current).
 
     Returns a summary: MLflow run id, counts, k, homogeneity and output paths.
     """
@@ -325,39 +355,41 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
     config_path = Path(config)
     cfg = load_config(config_path)
     as_of = resolve_as_of(as_of, cfg)
+    settle_publications(cfg)
     handle = tracking.start_run(cfg, run_name=f"{cfg.name} as of {as_of or cfg.window.as_of or 'latest'}")
-    database_run = None
+    tracking.set_tags(handle.uri, handle.run_id, publication.process_tags())
+    database, committed = None, False
     try:
         purchases = load_purchases(cfg, as_of, str(config_path))
+        as_of = purchases.report.as_of
+        cfg = cfg.model_copy(update={"window": cfg.window.at(as_of)})  # the run's own date, as recorded
         features = purchases.features
         model, candidates = choose_and_fit(features, cfg)
         scored = score_quality(model, candidates, features, cfg)
         published = fetch_champion(cfg)
         segments = profile_segments(features, scored, cfg, published, model)
-        identity = carry_identities(segments, published, model, cfg, purchases.report.as_of)
+        identity = carry_identities(segments, published, model, cfg, as_of)
         segments = identity.segments
-        base = build_assignments(features, scored, segments, purchases.report.as_of)
+        base = build_assignments(features, scored, segments, as_of)
         migration, shifts = compare_with_published(published, base, identity)
         metrics = {**run_metrics(purchases, scored, segments), **migration.summary, **shifts}
         gates = evaluate_gates(cfg.gates.thresholds(), metrics, cfg.gates.psi_features or list(cfg.features))
         failed = [g for g in gates if not g.passed]
         metrics.update({f"gate.{g.gate}": float(g.passed) for g in gates}, gates_passed=float(not failed))
+        warnings = run_warnings(purchases, model, cfg)
+        for line in warnings:
+            logger.warning(line)
+        if warnings:
+            tracking.set_tags(handle.uri, handle.run_id, {"segml.warnings": " | ".join(warnings)})
         assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration)
-        # When the gates pass, the database publication (one transaction) runs in a worker thread as
-        # soon as the model version is known, while the rest is recorded and the files are rendered and
-        # logged; the files are published only after it succeeded, and the alias last: a failure on the
-        # way leaves the previous champion as the one the next run matches.
-        database_run = (publish_database.submit(cfg, purchases.report.as_of, assignments, identity,
-                                                handle.run_id, version)
-                        if cfg.publish.database and not failed else None)
         record_run(handle, cfg, purchases, candidates, metrics)
         gate_lines = ([f"Quality gates: {'; '.join(g.describe() for g in gates)}; "
                        + ("FAILED, not published." if failed else "all passed.")] if gates else [])
-        destination = Path(cfg.output.dir) / cfg.name / purchases.report.as_of.isoformat()
+        destination = publication.destination_of(cfg, as_of, "refit")
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
             render_files(staging, cfg, config_path, purchases, model, candidates, scored, identity, migration,
-                         assignments, handle.run_id, version, gate_lines)
+                         assignments, handle.run_id, version, gate_lines + [f"Warning: {w}" for w in warnings])
             log_files(handle, staging)
             if failed:
                 tracking.tag_failed_gates(handle, [g.describe() for g in failed])
@@ -365,16 +397,21 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None) -> dict[
                     f"{len(failed)} quality gate{'s' if len(failed) > 1 else ''} failed: "
                     + "; ".join(g.describe() for g in failed)
                     + f". The run is recorded in MLflow ({handle.run_id}) but neither promoted nor published; "
-                    "change the gates in the configuration or look into the data.")
-            database = database_run.result() if database_run else None
-            publish_files(staging, destination)
-            tracking.promote(handle, cfg, version)
+                    f"change the gates in the configuration, look into the data, or publish it after review "
+                    f"with `segml promote {handle.run_id} --reason ...`.")
+            # Every file is logged before the commit, so a crash after it can be finished from MLflow.
+            publication.begin(handle.uri, handle.run_id, as_of, "refit", version, destination)
+            database = publish_database(cfg, as_of, assignments, identity, handle.run_id, version, force)
+            committed = True
+            finish_publication(cfg, handle, staging, destination, as_of, version)
     except BaseException as exc:
-        if database_run is not None:
-            database_run.wait()  # never leave a publication running behind a failed flow run
-        tracking.end_run(handle, exc)
+        if committed:
+            # Published: the next flow run or `segml repair` finishes it from its logged files.
+            tracking.set_tags(handle.uri, handle.run_id, {
+                "segml.error": f"published, but finishing failed: {exc}; `segml repair` completes it"})
+        else:
+            tracking.end_run(handle, exc)
         raise
-    tracking.end_run(handle)
 
     create_table_artifact(
         key=_artifact_key(cfg.name),

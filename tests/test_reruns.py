@@ -105,11 +105,13 @@ def test_a_failed_database_publication_publishes_no_files_and_keeps_the_champion
     first = segment_customers(str(config_path))
     published = {p: p.read_bytes() for p in Path(first["output_dir"]).rglob("*") if p.is_file()}
 
-    # The publication runs beside the rendering of the files; when it fails (here: the database
-    # "file" is a folder, after the task's retries), nothing else is published.
-    blocker = tmp_path / "database_is_a_folder"
-    blocker.mkdir()
-    monkeypatch.setenv("SEGML_PUBLISH_URL", f"sqlite:///{blocker}")
+    # When the commit fails (here: the database is gone, after the task's retries), nothing else is published.
+    import sqlalchemy as sa
+
+    def database_gone(*args, **kwargs):
+        raise sa.exc.OperationalError("INSERT", {}, Exception("database is gone"))
+
+    monkeypatch.setattr("pipelines.publication.publish_assignments", database_gone)
     _set(config_path, model={"random_state": 5})
     state = segment_customers(str(config_path), return_state=True)
     assert state.is_failed()

@@ -170,6 +170,8 @@ def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names
             pip_requirements=_requirements(),
             code_paths=[str(Path(segml.__file__).parent)],
         )
+    # Leaving the block ends the run as FINISHED; it is finished only once it is published.
+    _client(handle.uri).update_run(handle.run_id, status="RUNNING")
     return info.model_uri, int(info.registered_model_version)
 
 
@@ -254,3 +256,69 @@ def promote(handle: RunHandle, config: SegmlConfig, version: int) -> None:
 
 def tag_failed_gates(handle: RunHandle, failed: list[str]) -> None:
     _client(handle.uri).set_tag(handle.run_id, "segml.failed_gates", "; ".join(failed)[:5000])
+
+
+# --- The publication protocol's record (see pipelines/publication.py) ---------------------------
+
+PUBLICATION_TAG = "segml.publication"
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client = _client(uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value)[:5000])
+
+
+def run_record(uri: str, run_id: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """A run's status, tags and params."""
+    run = _client(uri).get_run(run_id)
+    return run.info.status, dict(run.data.tags), dict(run.data.params)
+
+
+def set_status(uri: str, run_id: str, status: str) -> None:
+    """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+    _client(uri).set_terminated(run_id, status)
+
+
+def download_run_files(uri: str, run_id: str, folder: Path) -> Path:
+    """Every file the run logged, into ``folder``."""
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=str(folder),
+                                                    tracking_uri=uri))
+
+
+def champion_version(config: SegmlConfig) -> int | None:
+    """The registered model version aliased ``champion``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = _client(tracking_uri(config)).get_model_version_by_alias(config.registered_model_name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return int(version.version)
+
+
+def set_champion(config: SegmlConfig, run_id: str, version: int) -> None:
+    """Point the alias ``champion`` at ``version`` (logged by ``run_id``)."""
+    client = _client(tracking_uri(config))
+    client.set_registered_model_alias(config.registered_model_name, CHAMPION, str(version))
+    client.set_tag(run_id, "segml.promoted", "true")
+
+
+def runs_to_settle(config: SegmlConfig, experiment: str) -> list[tuple[str, str, dict[str, str]]]:
+    """Runs of ``experiment`` still ``RUNNING`` or with a publication not complete: (run id, status, tags)."""
+    client = _client(tracking_uri(config))
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200)
+    pending = client.search_runs([found.experiment_id], max_results=200,
+                                 filter_string=f"tags.`{PUBLICATION_TAG}` = 'pending'")
+    seen = {r.info.run_id: r for r in [*runs, *pending]}
+    return [(r.info.run_id, r.info.status, dict(r.data.tags)) for r in seen.values()]
+
+
+def run_of_version(config: SegmlConfig, version: int) -> str:
+    """The run that logged a registered model version."""
+    return _client(tracking_uri(config)).get_model_version(config.registered_model_name, str(version)).run_id

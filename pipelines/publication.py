@@ -1,0 +1,177 @@
+"""Publishing a recorded run so that a crash at any step converges.
+
+A run reaches the CRM in four steps, recorded on the MLflow run (tag
+``segml.publication``):
+
+1. **pending**: every file of the run is logged to MLflow first, then the
+   run is tagged ``pending`` with where it will be published;
+2. **commit**: the database transaction (:func:`segml.publish.publish_assignments`)
+   makes the run the current publication. This is the commit point: before
+   it nothing of the run reached the CRM; after it the run *is* the
+   published one. Without a database (``publish.database: false``) the
+   ``champion`` alias is the commit point of a refit;
+3. **files**: the logged files are copied into the output folder, each
+   atomically, and ``publication.json`` (run, model version, as-of date)
+   is written last;
+4. **complete**: the alias ``champion`` points at the run's model version
+   (refits), the tag becomes ``complete`` and the run ``FINISHED``.
+
+:func:`settle` runs at the start of every flow and of ``segml repair``: a
+run the database names current but not ``complete`` is finished from its
+logged files (steps 3 and 4 again, which are idempotent); a run left
+``pending`` or ``RUNNING`` by a process that is gone is marked ``FAILED``
+(it never committed) or ``KILLED``. So the database, the files and the alias
+always end up on the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from segml import tracking
+from segml.config import SegmlConfig, publish_url
+from segml.outputs import publish_folder, write_atomic
+from segml.publish import create_engine, current_publication, publish_assignments
+
+log = logging.getLogger(__name__)
+
+MARKER = "publication.json"
+PENDING, COMPLETE = "pending", "complete"
+
+
+def destination_of(config: SegmlConfig, as_of: dt.date, source: str) -> Path:
+    """The output folder of a publication: ``<output.dir>/<name>/[scores/]<as-of date>``."""
+    base = Path(config.output.dir) / config.name
+    return (base / "scores" if source == "score" else base) / as_of.isoformat()
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that let a later run tell whether this process is still alive."""
+    return {"segml.host": socket.gethostname(), "segml.pid": str(os.getpid())}
+
+
+def begin(uri: str, run_id: str, as_of: dt.date, source: str, version: int, destination: Path) -> None:
+    """Step 1: record the intent to publish (the run's files are already logged)."""
+    tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: PENDING, "segml.as_of": as_of.isoformat(),
+                                    "segml.source": source, "segml.model_version": str(version),
+                                    "segml.destination": str(destination)})
+
+
+def commit(config: SegmlConfig, as_of: dt.date, assignments, catalogue, run_id: str, version: int,
+           source: str, force: bool = False) -> int:
+    """Step 2: the database transaction that makes the run current; returns the rows written.
+
+    Without a database, a refit's commit point is the alias ``champion``.
+    """
+    if not config.publish.database:
+        if source == "refit":
+            tracking.set_champion(config, run_id, version)
+        return 0
+    engine = create_engine(publish_url(config, dict(os.environ)))
+    try:
+        return publish_assignments(engine, config.name, as_of, assignments, catalogue, run_id, version,
+                                   source=source, force=force)
+    finally:
+        engine.dispose()
+
+
+def finish(config: SegmlConfig, uri: str, run_id: str, files: Path, destination: Path, as_of: dt.date,
+           version: int, source: str) -> None:
+    """Steps 3 and 4: the files into the output folder, the alias, the run complete and finished."""
+    publish_folder(files, destination)
+    record = {"run_id": run_id, "model_version": version, "as_of": as_of.isoformat(), "source": source}
+    write_atomic(destination / MARKER, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    if source == "refit":
+        tracking.set_champion(config, run_id, version)
+    tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: COMPLETE})
+    tracking.set_status(uri, run_id, "FINISHED")
+
+
+def _finish_from_record(config: SegmlConfig, uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Finish a committed run from the files it logged to MLflow."""
+    as_of = dt.date.fromisoformat(tags["segml.as_of"])
+    with tempfile.TemporaryDirectory(prefix="segml-repair-") as tmp:
+        files = tracking.download_run_files(uri, run_id, Path(tmp))
+        finish(config, uri, run_id, files, Path(tags["segml.destination"]), as_of,
+               int(tags["segml.model_version"]), tags.get("segml.source", "refit"))
+
+
+def _process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process that recorded a run has ended (only known on the same machine)."""
+    if tags.get("segml.host") != socket.gethostname() or not tags.get("segml.pid", "").isdigit():
+        return False
+    pid = int(tags["segml.pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _missing_sqlite(url: str) -> bool:
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and parsed.database != ":memory:" \
+        and not Path(parsed.database).exists()
+
+
+def settle(config: SegmlConfig) -> list[str]:
+    """Bring the database, the files and the alias onto one run after a crash; returns what was done.
+
+    Runs recorded by a process on another machine that is still marked
+    running are left alone: they may be running now.
+    """
+    done: list[str] = []
+    uri = tracking.tracking_uri(config)
+    current_run = None
+    if config.publish.database:
+        url = publish_url(config, dict(os.environ))
+        if _missing_sqlite(url):
+            current = None  # nothing was ever published; do not create the file to find that out
+        else:
+            engine = create_engine(url)
+            try:
+                current = current_publication(engine, config.name)
+            finally:
+                engine.dispose()
+        current_run = current["run_id"] if current else None
+    else:
+        champion = tracking.champion_version(config)
+        current_run = None if champion is None else tracking.run_of_version(config, champion)
+    for experiment in (config.experiment_name, f"{config.experiment_name}-scores"):
+        for run_id, status, tags in tracking.runs_to_settle(config, experiment):
+            state = tags.get(tracking.PUBLICATION_TAG)
+            if run_id == current_run and state == PENDING:
+                _finish_from_record(config, uri, run_id, tags)
+                done.append(f"run {run_id} was committed but not finished: its files, alias and status "
+                            "are now in place")
+            elif run_id != current_run and status == "RUNNING" and _process_gone(tags):
+                never = "before its publication was committed" if state == PENDING else "before it ended"
+                tracking.set_tags(uri, run_id, {
+                    "segml.error": f"the process stopped {never}; nothing of this run was published",
+                    **({tracking.PUBLICATION_TAG: "abandoned"} if state == PENDING else {})})
+                tracking.set_status(uri, run_id, "FAILED" if state == PENDING else "KILLED")
+                done.append(f"run {run_id} was left {'pending' if state == PENDING else 'running'} by a "
+                            f"process that is gone: marked {'FAILED' if state == PENDING else 'KILLED'}")
+    if current_run is not None and config.publish.database:
+        status, tags, _ = tracking.run_record(uri, current_run)
+        if tags.get("segml.source", "refit") == "refit" and tags.get("segml.model_version"):
+            version = int(tags["segml.model_version"])
+            if tracking.champion_version(config) != version:
+                tracking.set_champion(config, current_run, version)
+                done.append(f"the alias champion pointed at another version than the published run "
+                            f"{current_run}: now at version {version}")
+    for line in done:
+        log.warning("repair: %s", line)
+    return done
