@@ -3,8 +3,11 @@
 Between refits, the scoring flow computes features for the current purchases
 and assigns every customer, new ones included, with the registered model
 version aliased ``champion``, so ids and names are the published ones. Each
-scoring run is recorded in the MLflow experiment ``<experiment>-scores`` and
-its files go to ``<output.dir>/<name>/scores/<as-of date>/``.
+scoring run is recorded in the MLflow experiment ``<experiment>-scores``, its
+files go to ``<output.dir>/<name>/scores/<as-of date>/``, and its assignments
+are published to the CRM database like a refit's (the same tables and
+transaction, ``source = 'score'``), so the current view and ``segml target``
+serve the newest publication of either kind.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pipelines import publication
 from pipelines.segment import (
+    finish_publication,
     load_purchases,
     publish_files,
     resolve_as_of,
     retry_if_transient,
+    settle_publications,
 )
 from segml import tracking
 from segml.config import SegmlConfig, load_config
@@ -112,45 +118,74 @@ def score_on_spark(cfg: SegmlConfig, model: Any, published: tracking.Published, 
 
 
 @flow(name="score-customers", log_prints=False)
-def score_customers(config: str | Path, as_of: dt.date | None = None) -> dict[str, Any]:
-    """Assign every customer of the current purchases to the champion's segments, without fitting."""
+def score_customers(config: str | Path, as_of: dt.date | None = None, force: bool = False) -> dict[str, Any]:
+    """Assign every customer of the current purchases to the champion's segments, without fitting,
+    and publish the assignments to the CRM like a refit (rows marked ``source = 'score'``)."""
     logger = get_run_logger()
     config_path = Path(config)
     cfg = load_config(config_path)
     as_of = resolve_as_of(as_of, cfg)
+    settle_publications(cfg)
     model, published = load_champion_model(cfg)
     scores_cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
         update={"experiment": f"{cfg.experiment_name}-scores"})})
     handle = tracking.start_run(scores_cfg, run_name=f"score {cfg.name} as of {as_of or 'latest'}")
+    tracking.set_tags(handle.uri, handle.run_id, publication.process_tags())
     if cfg.engine == "spark":
         return _score_with_spark(cfg, config_path, model, published, as_of, handle)
+    committed = False
     try:
         purchases = load_purchases(cfg, as_of, str(config_path))
-        table = assign_customers(model, published, purchases.features, purchases.report.as_of, handle.run_id)
+        r = purchases.report
+        table = assign_customers(model, published, purchases.features, r.as_of, handle.run_id)
         known = table["previous_segment_id"].notna()
         shares = table["segment_id"].value_counts(normalize=True)
-        r = purchases.report
         metrics = {"customers": len(table), "customers_new": int((~known).sum()),
                    "customers_changed": int(table.loc[known, "segment_changed"].sum()),
                    "rows_read": r.rows_read, "rows_used": r.rows_used, "rows_rejected": r.rows_rejected,
                    "rows_outside_window": r.rows_outside_window,
                    **{f"share.{s}": v for s, v in shares.items()}}
         counts = (table.groupby(["segment_id", "segment_name"]).size().rename("customers").reset_index())
-        destination = Path(cfg.output.dir) / cfg.name / "scores" / r.as_of.isoformat()
-        _record_and_publish(handle, {"as_of": r.as_of.isoformat(), "model_version": str(published.version),
-                                     "input_fingerprint": purchases.report.fingerprint}, metrics,
-                            {"segment_counts": counts, "contract": r.as_frame(), "rejected_lines": purchases.rejected},
-                            destination, table)
+        destination = publication.destination_of(cfg, r.as_of, "score")
+        tables = {"segment_counts": counts, "contract": r.as_frame(), "rejected_lines": purchases.rejected}
+        if cfg.publish.changes_file:
+            tables["changes"] = table[table["segment_changed"].fillna(True).astype(bool)]
+        params = {"as_of": r.as_of.isoformat(), "model_version": str(published.version),
+                  "input_fingerprint": purchases.report.fingerprint}
+        tracking.log_params_and_metrics(handle, params, {k: float(v) for k, v in metrics.items()})
+        with tempfile.TemporaryDirectory(prefix="segml-score-") as tmp:
+            staging = Path(tmp)
+            write_results(staging, table, tables)
+            tracking.log_artifacts(handle, staging)
+            publication.begin(handle.uri, handle.run_id, r.as_of, "score", published.version, destination)
+            if cfg.publish.database:
+                publish_scores(cfg, r.as_of, table, handle.run_id, published.version, force)
+            committed = True
+            finish_publication(cfg, handle, staging, destination, r.as_of, published.version, "score")
     except BaseException as exc:
-        tracking.end_run(handle, exc)
+        if committed:
+            tracking.set_tags(handle.uri, handle.run_id, {
+                "segml.error": f"published, but finishing failed: {exc}; `segml repair` completes it"})
+        else:
+            tracking.end_run(handle, exc)
         raise
-    tracking.end_run(handle)
-    logger.info("%d customers scored (%d new) with model version %d; files in %s", len(table),
+    logger.info("%d customers scored (%d new) with model version %d; published, files in %s", len(table),
                 metrics["customers_new"], published.version, destination)
     return {"run_id": handle.run_id, "model_version": published.version, "as_of": r.as_of.isoformat(),
             "customers": len(table), "customers_new": metrics["customers_new"],
+            "customers_changed": metrics["customers_changed"],
             "output_dir": str(destination), "assignments": str(destination / "assignments.csv"),
+            "published": bool(cfg.publish.database),
             "segment_counts": counts.to_dict(orient="records")}
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def publish_scores(config: SegmlConfig, as_of: dt.date, table: pd.DataFrame, run_id: str, version: int,
+                   force: bool) -> int:
+    """The commit point of a scoring run: its assignments current in the CRM database."""
+    rows = publication.commit(config, as_of, table, None, run_id, version, "score", force)
+    get_run_logger().info("published %d scored assignments as of %s", rows, as_of)
+    return rows
 
 
 def _score_with_spark(cfg: SegmlConfig, config_path: Path, model: Any, published: tracking.Published,

@@ -41,6 +41,61 @@ def test_scoring_assigns_known_customers_like_the_champion_and_new_ones_in_its_i
     assert Path(scored["output_dir"]) == Path(load_config(config_path).output.dir) / "sample" / "scores" / "2024-01-01"
 
 
+@pytest.fixture
+def postgres_schema(postgres_url, monkeypatch):
+    """A PostgreSQL schema of its own as the CRM database (SEGML_PUBLISH_URL), dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"segml_score_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    monkeypatch.setenv("SEGML_PUBLISH_URL", url)
+    yield url
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_scored_customers_reach_the_crm_and_can_be_targeted(prefect_harness, tmp_path, postgres_schema):
+    from segml.publish import create_engine, current_publication
+    from segml.targeting import select_customers
+
+    config_path = write_flow_config(tmp_path)
+    refit = segment_customers(str(config_path))
+    data_path = Path(load_config(config_path).data.path)
+    newcomers, _ = generate_purchases(n_customers=40, seed=11, messy=False)
+    newcomers["customer_id"] = "N" + newcomers["customer_id"]
+    write_csv(pd.concat([pd.read_csv(data_path, dtype=str), newcomers.astype(str)]), data_path)
+
+    scored = score_customers(str(config_path), as_of=dt.date(2024, 1, 15))
+    assert scored["published"] and scored["customers_new"] == 40
+    engine = create_engine(postgres_schema)
+    try:
+        current = current_publication(engine, "sample")
+        assert (current["run_id"], current["source"], current["as_of"]) == (scored["run_id"], "score",
+                                                                          dt.date(2024, 1, 15))
+        everyone = select_customers(engine, "sample", [], [])
+        assert len(everyone) == 640 and set(everyone["source"]) == {"score"}
+        newest = everyone[everyone["customer_id"].str.startswith("N")]
+        assert len(newest) == 40 and newest["previous_segment_id"].isna().all()
+        some = newest["segment_id"].iloc[0]
+        picked = select_customers(engine, "sample", [some], ["as_of = 2024-01-15"])
+        assert set(newest.loc[newest["segment_id"] == some, "customer_id"]) <= set(picked["customer_id"])
+    finally:
+        engine.dispose()
+    changes = pd.read_csv(Path(scored["output_dir"]) / "changes.csv", dtype={"customer_id": str})
+    assert set(changes["customer_id"]) >= set(newest["customer_id"])
+    # A refit of an earlier date does not take the CRM back from the newer scoring run.
+    with pytest.raises(SegmlError, match="--force"):
+        segment_customers(str(config_path), as_of=dt.date(2024, 1, 1))
+    assert refit["model_version"] == scored["model_version"]
+
+
 def test_scoring_before_any_refit_says_what_to_do(prefect_harness, tmp_path):
     config_path = write_flow_config(tmp_path)
     with pytest.raises(SegmlError, match="no published segmentation for 'segml-sample'.*run `segml run`"):
