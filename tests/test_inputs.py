@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import shutil
 import time
 
 import numpy as np
@@ -404,3 +406,74 @@ def test_a_file_the_reader_cannot_go_through_fails_with_a_message_in_segml_terms
     with pytest.raises(InputDataError, match=r"the CSV reader cannot go on: .* mixes line ends") as info:
         _csv_purchases(tmp_path, HEADER + "O1,A,2024-01-01 10:00,1,10\r\n" + GOOD_CSV)
     assert "strict_mode" not in str(info.value)
+
+
+# --- the same answers on Spark -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'segml[spark]')")
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        pytest.skip("no Java runtime: Spark needs Java 17 (java not on PATH, JAVA_HOME unset)")
+    from segml.config import SparkConfig
+    from segml.spark_engine import session
+
+    spark = session(SparkConfig(master="local[2]", partitions=4))
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+#: One line for each new way of going wrong, in a file both engines read.
+ODD_LINES = (HEADER + GOOD_CSV
+             + "O1,A,2024-01-02 10:00,1,\"12,50\"\n"                  # non_numeric_amount
+             + "O2,A,2024-01-03 10:00,1,\"1,234.5\"\n"                # 1234.5
+             + "O3,NULL,2024-01-03 10:00,1,5\n"                       # missing_customer_id
+             + "O4," + "x" * 201 + ",2024-01-03 10:00,1,5\n"          # customer_id_too_long
+             + "O5,A,2999-01-01 10:00,1,5\n"                          # implausible_timestamp
+             + "O6,A,#N/A,1,5\n"                                      # missing_timestamp
+             + "O7,A,2024-01-04 10:00,1e200,1e200\n"                  # amount_out_of_range
+             + "O8,Z,2024-01-04 10:00,1,0\n"                          # zero_price: Z only rejected
+             + "O9,A,2024-01-05 10:00,1,5,extra\n"                    # malformed_line
+             + "O10,A,2024-01-05 10:00\n"                             # malformed_line
+             + "O11,C,2024-01-06 10:00,2,7\n"
+             + "O11,C,2024-01-06 10:00,2,7\n")                        # duplicate_line, or kept
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("settings", [{}, {"duplicates": "keep", "window": {}}], ids=["reject", "keep"])
+def test_spark_gives_the_same_contract_on_odd_lines(spark, tmp_path, settings):
+    path = tmp_path / "odd.csv"
+    path.write_text(ODD_LINES)
+    settings = dict(settings)
+    config = _config(path=str(path), window=settings.pop("window", None), **settings)
+    on_duckdb = prepare_purchases(config)
+    on_spark = prepare_purchases(config.model_copy(update={"engine": "spark"}))
+    assert on_spark.report == on_duckdb.report
+    assert on_duckdb.report.rejected_by_reason["malformed_line"] == 2
+    pd.testing.assert_frame_equal(on_spark.features, on_duckdb.features)
+    pd.testing.assert_frame_equal(on_spark.excluded, on_duckdb.excluded)
+    assert on_duckdb.excluded["reason"].tolist() == ["all_lines_rejected"]
+    for column in ("line", "reason", "line_text"):
+        assert on_spark.rejected[column].tolist() == on_duckdb.rejected[column].tolist(), column
+
+
+@pytest.mark.spark
+def test_spark_reads_a_whitespace_export_and_decimal_commas_as_duckdb_does(spark, tmp_path):
+    path = tmp_path / "export.txt"
+    path.write_text("customer  day       qty price\n"
+                    "  00001   20240101  1   11,77\n"
+                    "00002\t20240112 2 1.200,5\n"
+                    "00002 20240113 1\n"
+                    "\n"
+                    "00003 20240102 1 12.50\n")
+    config = parse_config({"data": {
+        "path": str(path), "csv": {"delimiter": "whitespace"}, "timestamp_format": "%Y%m%d", "decimal": ",",
+        "columns": {"customer_id": "customer", "timestamp": "day", "quantity": "qty", "unit_price": "price"}},
+        "window": {"as_of": "2024-02-01"}})
+    on_duckdb = prepare_purchases(config)
+    on_spark = prepare_purchases(config.model_copy(update={"engine": "spark"}))
+    assert on_spark.report == on_duckdb.report
+    assert on_duckdb.report.rejected_by_reason == {"malformed_line": 1, "non_numeric_amount": 1}
+    pd.testing.assert_frame_equal(on_spark.features, on_duckdb.features)
+    assert on_duckdb.features["monetary"].to_dict() == {"00001": 11.77, "00002": 2401.0}

@@ -79,7 +79,7 @@ def assert_same_purchases(on_spark, on_duckdb):
 @pytest.mark.parametrize("strptime, java", [
     ("%Y-%m-%d %H:%M:%S", "yyyy-M-d H:m:s"),
     ("%m/%d/%y %H:%M", "M/d/yy H:m"),
-    ("%Y%m%d", "yyyyMMd"),
+    ("%Y%m%d", "yyyyMMdd"),
     ("%d.%m.%Y at %H", "d.M.yyyy' at 'H"),
 ])
 def test_strptime_formats_translate_to_spark_patterns(strptime, java):

@@ -64,9 +64,9 @@ def java_datetime_pattern(strptime_format: str) -> str:
                 f"use one of {', '.join('%' + c for c in _JAVA_FIELDS)} or the duckdb engine"
             )
         letters = _JAVA_FIELDS[code]
-        followed_by_field = i + 1 < len(tokens) and tokens[i + 1].startswith("%")
-        if code in _TWO_DIGITS and followed_by_field:
-            letters *= 2  # digits run into the next field: the width must be fixed
+        next_to_field = any(0 <= j < len(tokens) and tokens[j].startswith("%") for j in (i - 1, i + 1))
+        if code in _TWO_DIGITS and next_to_field:
+            letters *= 2  # digits run into the next or last field: the width must be fixed (20240101)
         out.append(letters)
     if literal:
         out.append(_java_literal("".join(literal)))

@@ -134,7 +134,7 @@ def _split(line: str, delimiter: str, quote_char: str) -> list[str]:
         return [line]
 
 
-def _column_names(fields: list[str], header: bool) -> list[str]:
+def csv_column_names(fields: list[str], header: bool) -> list[str]:
     """The column names DuckDB gives: the header's, trimmed, with ``column<i>`` for an empty one and
     ``_1``, ``_2``... after a repeated one; ``column0``, ``column1``... without a header."""
     width = len(str(len(fields) - 1))
@@ -186,7 +186,7 @@ def _register_csv(con: duckdb.DuckDBPyConnection, path: Path, csv: CsvOptions) -
     """A CSV (or whitespace-separated) file as ``raw_purchases``: every value as text, malformed lines
     set aside in DuckDB's rejects table by each full read (see :func:`take_malformed_lines`)."""
     first_line, fields = _first_record(_head(path, csv.encoding), csv)
-    names = _column_names(fields, csv.header)
+    names = csv_column_names(fields, csv.header)
     if len(names) < 2:
         raise _one_column(path, csv, first_line)
     options = (f"header = {str(csv.header).lower()}, encoding = {sql_string(csv.encoding)}, auto_detect = false, "

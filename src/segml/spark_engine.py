@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from segml.config import DataConfig, SegmlConfig, SparkConfig, WindowConfig
+from segml.config import WHITESPACE, CsvOptions, DataConfig, SegmlConfig, SparkConfig, WindowConfig
 from segml.dialects import SPARK, backquote
 from segml.errors import InputDataError, SegmlError
 from segml.features import features_sql, split_features
 from segml.models import SegmentModel
-from segml.sources import LINE, MALFORMED, RAW, check_columns, file_format, fingerprint_of
+from segml.sources import LINE, MALFORMED, RAW, check_columns, csv_column_names, file_format, fingerprint_of
 from segml.validation import (
     LINES,
     ORDERS,
@@ -165,6 +165,39 @@ def _parquet_with_line_numbers(spark: SparkSession, path: str) -> DataFrame:
     return _number_lines(located, columns, "__file", "string", "__row")
 
 
+def _csv_with_line_numbers(spark: SparkSession, path: str, csv: CsvOptions) -> DataFrame:
+    """A CSV file as text columns named as DuckDB names them (the header's, or ``column0``...), with
+    line numbers; a line Spark cannot split into those columns keeps its text in :data:`MALFORMED`
+    and no values, as on DuckDB. (Spark reads a quoted line break as the end of a line, where
+    DuckDB reads it as part of the value: Spark splits such files by line, to read them in parallel.)
+    """
+    from pyspark.sql import functions as F
+
+    if csv.delimiter == WHITESPACE:
+        # Each line whole (a delimiter and a quote no text has), split on runs of spaces and tabs.
+        lines = spark.read.csv(path, schema="text STRING", sep="\x1f", quote="", escape="", header=False,
+                               encoding=csv.encoding, ignoreLeadingWhiteSpace=False, ignoreTrailingWhiteSpace=False)
+        numbered = _with_line_numbers(lines.where("trim(text) <> ''"))
+        first = numbered.where(F.col(LINE) == 1).first()
+        fields = first["text"].split() if first else []
+        if csv.header:
+            numbered = numbered.where(F.col(LINE) > 1).withColumn(LINE, F.col(LINE) - 1)
+        names = csv_column_names(fields, csv.header)
+        split = F.expr("regexp_extract_all(text, '([^ \\t\\r]+)', 1)")
+        return (numbered.withColumn("__fields", split)
+                .select(*[F.try_element_at("__fields", F.lit(i + 1)).alias(n) for i, n in enumerate(names)],
+                        F.when(F.size("__fields") != len(names), F.col("text")).alias(MALFORMED), LINE))
+    options = {"sep": csv.delimiter, "quote": csv.quote, "escape": csv.quote, "encoding": csv.encoding}
+    names = spark.read.csv(path, header=csv.header, inferSchema=False, **options).columns
+    names = names if csv.header else csv_column_names(names, header=False)
+    schema = ", ".join(f"{backquote(n)} STRING" for n in [*names, MALFORMED])
+    frame = spark.read.csv(path, schema=schema, header=csv.header, mode="PERMISSIVE",
+                           columnNameOfCorruptRecord=MALFORMED, **options)
+    # A malformed line's values are whatever Spark could make of it: none of them is kept.
+    own = [F.when(F.col(MALFORMED).isNull(), F.col(backquote(n))).alias(n) for n in names]
+    return _with_line_numbers(frame.select(*own, MALFORMED))
+
+
 def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "the configuration") -> list[str]:
     """Make the configured source the temporary view ``raw_purchases``; returns its columns.
 
@@ -185,15 +218,12 @@ def read_purchases(spark: SparkSession, data: DataConfig, config_name: str = "th
             if file_format(data) == "parquet":
                 frame = _parquet_with_line_numbers(spark, path)
             else:
-                csv = data.csv
-                frame = _with_line_numbers(spark.read.csv(
-                    path, header=csv.header, sep=csv.delimiter, quote=csv.quote, escape=csv.quote,
-                    encoding=csv.encoding, inferSchema=False, mode="PERMISSIVE"))
+                frame = _csv_with_line_numbers(spark, path, data.csv)
     except PySparkException as exc:
         where = data.table or data.query or data.path
         raise InputDataError(f"Spark cannot read {where!r}: {str(exc).splitlines()[0]}") from None
     frame.createOrReplaceTempView(RAW)
-    columns = [c for c in frame.columns if c != LINE]
+    columns = [c for c in frame.columns if c not in (LINE, MALFORMED)]
     check_columns(columns, data.columns, config_name)
     return columns
 
