@@ -175,3 +175,57 @@ def settle(config: SegmlConfig) -> list[str]:
     for line in done:
         log.warning("repair: %s", line)
     return done
+
+
+def promote(config: SegmlConfig, run_id: str, reason: str, force: bool = False) -> dict:
+    """Publish a recorded run that was held back (a failed gate) after a person reviewed it.
+
+    The run's logged files are published exactly as recorded (database,
+    files, alias ``champion``) through the same steps as a flow run, and the
+    run records who promoted it, when and why. A run compared with another
+    champion than the current one is refused unless ``force``: its ids and
+    migration would describe a CRM that has moved on.
+    """
+    import getpass
+
+    from segml.errors import SegmlError
+
+    uri = tracking.tracking_uri(config)
+    if not reason.strip():
+        raise SegmlError("--reason is empty: say why this run is published despite its gates")
+    status, tags, params = tracking.run_record(uri, run_id)
+    if tags.get(tracking.PUBLICATION_TAG) == COMPLETE:
+        raise SegmlError(f"run {run_id} is already published")
+    if "as_of" not in params:
+        raise SegmlError(f"run {run_id} is not a recorded segmentation of {config.name!r} (it has no as_of param)")
+    version = tracking.version_of_run(config, run_id)
+    if version is None:
+        raise SegmlError(f"run {run_id} registered no version of {config.registered_model_name!r}; "
+                         "only a run of this configuration's model can be promoted")
+    champion = tracking.champion_version(config)
+    champion_run = None if champion is None else tracking.run_of_version(config, champion)
+    compared = tags.get("segml.compared_with", "none")
+    if compared != (champion_run or "none") and not force:
+        raise SegmlError(
+            f"run {run_id} was compared with the published run {compared}, but the champion is now "
+            f"{champion_run or 'none'}: its segment ids and migration would be out of date. Rerun the date, "
+            "or promote with --force")
+    as_of = dt.date.fromisoformat(params["as_of"])
+    destination = destination_of(config, as_of, "refit")
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="segml-promote-") as tmp:
+        files = tracking.download_run_files(uri, run_id, Path(tmp))
+        assignments = pd.read_parquet(files / "assignments.parquet")
+        catalogue = pd.read_csv(files / "catalogue.csv", dtype=str)
+        segments = pd.read_csv(files / "segments.csv", dtype={"segment_id": str})
+        catalogue["description"] = catalogue["segment_id"].map(segments.set_index("segment_id")["description"])
+        tracking.set_tags(uri, run_id, {**process_tags(), "segml.promoted_by": getpass.getuser(),
+                                        "segml.promotion_reason": reason,
+                                        "segml.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        begin(uri, run_id, as_of, "refit", version, destination)
+        rows = commit(config, as_of, assignments, catalogue, run_id, version, "refit", force)
+        finish(config, uri, run_id, files, destination, as_of, version, "refit")
+    log.info("run %s promoted by %s: %s", run_id, getpass.getuser(), reason)
+    return {"run_id": run_id, "model_version": version, "as_of": as_of.isoformat(), "rows": rows,
+            "output_dir": str(destination)}

@@ -367,6 +367,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         model, candidates = choose_and_fit(features, cfg)
         scored = score_quality(model, candidates, features, cfg)
         published = fetch_champion(cfg)
+        tracking.set_tags(handle.uri, handle.run_id, {"segml.compared_with": published.run_id if published else "none"})
         segments = profile_segments(features, scored, cfg, published, model)
         identity = carry_identities(segments, published, model, cfg, as_of)
         segments = identity.segments

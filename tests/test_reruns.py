@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,10 +11,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import write_flow_config
+from pipelines.publication import promote
 from pipelines.segment import segment_customers
 from segml.config import load_config
-from segml.errors import QualityGateError
+from segml.errors import QualityGateError, SegmlError
 from segml.outputs import write_csv
+from segml.publish import create_engine, current_publication, read_current
 from segml.sample import GROUPS, Group, generate_purchases
 
 
@@ -96,6 +99,43 @@ def test_a_failed_gate_fails_the_flow_keeps_the_champion_and_publishes_nothing(p
     assert runs[0].data.metrics["gates_passed"] == 0.0 and runs[0].data.metrics["gate.min_segment_share"] == 1.0
     assert {p: p.read_bytes() for p in published} == published
     assert {p for p in Path(first["output_dir"]).rglob("*") if p.is_file()} == set(published)
+
+    # After review, a person publishes the held-back run as it was recorded, and the run says who and why.
+    held = runs[0].info.run_id
+    config = load_config(config_path)
+    with pytest.raises(SegmlError, match="--reason is empty"):
+        promote(config, held, "  ")
+    done = promote(config, held, "homogeneity target is new; reviewed the segments by hand")
+    assert done["model_version"] == first["model_version"] + 1
+    assert int(client.get_model_version_by_alias("segml-sample", "champion").version) == done["model_version"]
+    engine = create_engine(f"sqlite:///{Path(config.output.dir) / 'segml.db'}")
+    try:
+        assert current_publication(engine, "sample")["run_id"] == held
+        assert set(read_current(engine, "sample")["run_id"]) == {held}
+    finally:
+        engine.dispose()
+    assert json.loads((Path(first["output_dir"]) / "publication.json").read_text())["run_id"] == held
+    assert set(pd.read_csv(Path(first["output_dir"]) / "assignments.csv")["run_id"]) == {held}
+    tags = client.get_run(held).data.tags
+    assert tags["segml.promotion_reason"].startswith("homogeneity target is new") and tags["segml.promoted_by"]
+    assert client.get_run(held).info.status == "FINISHED"
+    with pytest.raises(SegmlError, match="already published"):
+        promote(config, held, "again")
+
+
+def test_a_held_back_run_is_not_promoted_over_a_newer_champion(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path)
+    segment_customers(str(config_path))
+    _set(config_path, gates={"min_homogeneity": 0.99})
+    held = segment_customers(str(config_path), return_state=True)
+    assert held.is_failed()
+    client = _client(config_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("sample").experiment_id],
+                                filter_string="attributes.status = 'FAILED'")
+    _set(config_path, gates={"min_homogeneity": None}, model={"random_state": 9})
+    segment_customers(str(config_path))  # the champion moves on
+    with pytest.raises(SegmlError, match="was compared with the published run .* but the champion is now"):
+        promote(load_config(config_path), run.info.run_id, "reviewed")
 
 
 @pytest.mark.slow

@@ -16,6 +16,22 @@ from rich.table import Table
 from segml.config import load_config
 from segml.errors import SegmlError
 
+
+def _quiet_defaults() -> None:
+    """Settings for running on a laptop or a closed network, unless the user set them.
+
+    Prefect reads its settings once, when it is first imported, so they are
+    set when the command line is loaded (nothing above imports Prefect), not
+    when a command runs: a busy machine needs more than Prefect's default
+    20 s to start its temporary server.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+_quiet_defaults()
+
 app = typer.Typer(
     name="segml",
     help="Behavioural customer segments from raw purchase records.",
@@ -43,13 +59,6 @@ def _fail(exc: BaseException, debug: bool) -> None:
     # Drop the failed frames' locals now (open DuckDB connections among them) rather than at exit.
     traceback.clear_frames(exc.__traceback__)
     raise typer.Exit(code=1)
-
-
-def _quiet_defaults() -> None:
-    """Settings for running on a laptop or a closed network, unless the user set them."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _print_summary(summary: dict) -> None:
@@ -96,33 +105,39 @@ def _prepare(config: Path, debug: bool) -> None:
             handler.addFilter(_NoTracebackForKnownErrors())
 
 
-def _run_pipeline(module: str, name: str, config: Path, as_of: dt.date | None, debug: bool) -> dict:
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Publish even when the CRM reads a publication of a later as-of date.")]
+
+
+def _run_pipeline(module: str, name: str, config: Path, as_of: dt.date | None, debug: bool,
+                  force: bool = False) -> dict:
     import importlib
 
     _prepare(config, debug)
-    return getattr(importlib.import_module(module), name)(str(config), as_of)
+    return getattr(importlib.import_module(module), name)(str(config), as_of, force)
 
 
-def run_flow(config: Path, as_of: dt.date | None, debug: bool = False) -> dict:
+def run_flow(config: Path, as_of: dt.date | None, debug: bool = False, force: bool = False) -> dict:
     """Run the segmentation flow on CONFIG; returns its summary."""
-    return _run_pipeline("pipelines.segment", "segment_customers", config, as_of, debug)
+    return _run_pipeline("pipelines.segment", "segment_customers", config, as_of, debug, force)
 
 
 @app.command()
-def run(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> None:
+def run(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
     """Segment the customers of CONFIG's purchases, record the run in MLflow and publish the results."""
     try:
-        summary = run_flow(config, as_of.date() if as_of else None, debug)
+        summary = run_flow(config, as_of.date() if as_of else None, debug, force)
     except Exception as exc:  # noqa: BLE001 - every error ends the command with one message
         _fail(exc, debug)
     _print_summary(summary)
 
 
 @app.command()
-def score(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> None:
-    """Assign every current customer to the champion's segments, without refitting."""
+def score(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
+    """Assign every current customer to the champion's segments, without refitting, and publish them."""
     try:
-        summary = _run_pipeline("pipelines.score", "score_customers", config, as_of.date() if as_of else None, debug)
+        summary = _run_pipeline("pipelines.score", "score_customers", config, as_of.date() if as_of else None,
+                                debug, force)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     table = Table(title=f"{summary['customers']:,} customers scored as of {summary['as_of']} "
@@ -132,7 +147,10 @@ def score(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) -> 
     for row in summary["segment_counts"]:
         table.add_row(row["segment_id"], row["segment_name"], f"{row['customers']:,}")
     out.print(table)
-    out.print(f"{summary['customers_new']:,} customers were not in the published segmentation.")
+    out.print(f"{summary['customers_new']:,} customers were not in the published segmentation; "
+              f"{summary['customers_changed']:,} changed segment.")
+    if summary.get("published"):
+        out.print("Published to the CRM database: the current assignments are this scoring run's.")
     out.print(f"Results are in {summary['output_dir']}")
 
 
@@ -142,6 +160,7 @@ def backfill(
     start: Annotated[dt.datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="First as-of date.")],
     end: Annotated[dt.datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="Last as-of date (inclusive).")],
     every: Annotated[str, typer.Option(help="Step: day, week, month, or a count such as 7d, 2w, 3m.")] = "month",
+    force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run the segmentation for every as-of date from --from to --to, in order, building the id history."""
@@ -152,17 +171,19 @@ def backfill(
         _prepare(config, debug)
         from pipelines.backfill import backfill as backfill_flow
 
-        results = backfill_flow(str(config), start.date(), end.date(), every)
+        results = backfill_flow(str(config), start.date(), end.date(), every, force)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     table = Table(title=f"Backfill of {len(results)} as-of dates")
-    for column in ("as of", "segments", "homogeneity", "changed segment", "new", "output"):
+    for column in ("as of", "segments", "homogeneity", "changed segment", "new", "renamed", "output"):
         table.add_column(column)
     for r in results:
         moved = r["migration"]
         table.add_row(r["as_of"], str(r["n_segments"]), f"{r['homogeneity']:.2f}",
                       f"{moved.get('changed_share', 0):.1%}" if "changed_share" in moved else "first run",
-                      f"{moved.get('customers_new', 0):,.0f}", r["output_dir"])
+                      f"{moved.get('customers_new', 0):,.0f}",
+                      "; ".join(f"{c['segment_id']} {c['from']} \u2192 {c['to']}" for c in r.get("renamed", [])),
+                      r["output_dir"])
     out.print(table)
 
 
@@ -202,6 +223,41 @@ def target(
                       f"({'; '.join([*(f'segment {s}' for s in segment or []), *(where or [])])}); "
                       f"{output} holds only the header", highlight=False)
     out.print(f"{len(selected):,} customers written to {output}")
+
+
+@app.command()
+def promote(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run id of a recorded run held back by its gates.")],
+    config: Annotated[Path, typer.Option("--config", help="The run's YAML configuration.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why the run is published despite its gates.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the champion changed since the run.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Publish a recorded run after review (database, files, champion alias), recording who and why."""
+    from pipelines.publication import promote as promote_run
+
+    try:
+        cfg = load_config(config)
+        done = promote_run(cfg, run_id, reason, force)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    out.print(f"Run {done['run_id']} (model version {done['model_version']}, as of {done['as_of']}) published: "
+              f"{done['rows']:,} assignments; files in {done['output_dir']}.")
+
+
+@app.command()
+def repair(config: ConfigArg, debug: DebugOpt = False) -> None:
+    """Finish or mark what an interrupted run left half done, so the database, files and alias agree."""
+    from pipelines.publication import settle
+
+    try:
+        done = settle(load_config(config))
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    for line in done:
+        out.print(f"  {line}", highlight=False)
+    out.print("Nothing to repair: the database, the files and the alias agree." if not done else
+              f"{len(done)} repair{'s' if len(done) > 1 else ''} made.")
 
 
 @app.command()

@@ -322,3 +322,10 @@ def runs_to_settle(config: SegmlConfig, experiment: str) -> list[tuple[str, str,
 def run_of_version(config: SegmlConfig, version: int) -> str:
     """The run that logged a registered model version."""
     return _client(tracking_uri(config)).get_model_version(config.registered_model_name, str(version)).run_id
+
+
+def version_of_run(config: SegmlConfig, run_id: str) -> int | None:
+    """The version of the configuration's registered model that ``run_id`` logged, if any."""
+    found = _client(tracking_uri(config)).search_model_versions(
+        f"name = '{config.registered_model_name}' and run_id = '{run_id}'")
+    return max((int(v.version) for v in found), default=None)
