@@ -4,12 +4,26 @@ Runs are written through ``MlflowClient`` with explicit run ids, so logging
 works from any thread (MLflow's active run is per thread, and flow tasks may
 run in worker threads). Only the model itself is logged through the fluent
 API, inside a ``start_run(run_id=...)`` block on the calling thread.
+
+The store is handled with care:
+
+- a SQLite store is first opened (created, migrated) under a file lock beside
+  it, so concurrent first runs do not break its schema;
+- a tracking server that does not answer fails within seconds, as one
+  :class:`~segml.errors.SegmlError` naming the URI, not after minutes of retries;
+- every URI, param and tag value is masked (:func:`segml.secrets.mask_url`);
+- a registered model carries the SHA-256 digest of its files, checked before
+  the model is unpickled.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
+import re
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +38,17 @@ from mlflow.tracking import MlflowClient
 
 import segml
 from segml.config import SegmlConfig
+from segml.errors import SegmlError
 from segml.models import SegmentModel
+from segml.secrets import mask_url
 
 log = logging.getLogger(__name__)
+
+#: MLflow's HTTP settings unless the user set them: 3 retries (about 12 s of back-off, MLflow's own default of 7
+#: waits about 4 minutes on a server that is down) and 30 s without an answer.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+#: Tag of a registered model version (and of its run and logged model): the SHA-256 digest of the model's files.
+DIGEST_TAG = "segml.model_sha256"
 
 class SegmentPyfunc(mlflow.pyfunc.PythonModel):
     """A fitted segmentation as an MLflow pyfunc model.
@@ -56,7 +78,113 @@ def tracking_uri(config: SegmlConfig) -> str:
 
 
 def _client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    """A client of the store at ``uri`` (tracking and registry); opens the store on first use in this process.
+
+    Its calls that cannot reach the store raise one :class:`SegmlError`.
+    """
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)  # read by MLflow at every request, so setting them now is in time
+    if uri in _opened or _sqlite_file(uri) is None:
+        return _Reaching(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)  # type: ignore[return-value]
+    with _store_lock(uri):
+        # MLflow creates the tracking store with the client, and the registry store on the first registry
+        # call; each creates or migrates the database when it finds it incomplete. MLflow keeps both for
+        # the rest of the process, so this happens here, under the lock, once.
+        with _reaching(uri):
+            client = _Reaching(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)
+        client.search_registered_models(max_results=1)
+    _opened.add(uri)
+    return client  # type: ignore[return-value]
+
+
+_opened: set[str] = set()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for any other store or an in-memory one."""
+    if not uri.startswith("sqlite:"):
+        return None
+    import sqlalchemy as sa
+
+    database = sa.engine.make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+@contextmanager
+def _store_lock(uri: str):
+    """For a SQLite store, an exclusive ``flock`` on ``<database>.lock`` for the block; nothing for others.
+
+    MLflow creates a fresh SQLite store by running its schema migrations; two
+    processes doing so at once can leave it broken for good (``table
+    _alembic_tmp_params already exists``). A server or PostgreSQL store
+    migrates in one place and needs no lock.
+    """
+    database = _sqlite_file(uri)
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why the store could not be reached (``Connection refused``, ``timed out``...), or None for other errors."""
+    import requests
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.Timeout):
+            return "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT seconds"
+        if isinstance(seen, requests.exceptions.ConnectionError):
+            found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(seen))
+            return found.group(1).strip() if found else "the connection failed"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextmanager
+def _reaching(uri: str):
+    """Turn a failure to reach the store at ``uri`` into one SegmlError naming the URI (masked)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        reason = _unreachable(exc)
+        if reason is None:
+            raise
+        raise SegmlError(
+            f"cannot reach the MLflow tracking store at {mask_url(uri)}: {reason} (after "
+            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries); check that the server runs, or "
+            "change tracking.uri in the configuration or the MLFLOW_TRACKING_URI environment variable"
+        ) from None
+
+
+class _Reaching:
+    """An MlflowClient whose every call goes through :func:`_reaching`."""
+
+    def __init__(self, client: MlflowClient, uri: str):
+        self._client = client
+        self._uri = uri
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def call(*args, **kwargs):
+            with _reaching(self._uri):
+                return attribute(*args, **kwargs)
+
+        return call
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -86,22 +214,36 @@ def start_run(config: SegmlConfig, run_name: str | None = None) -> RunHandle:
     """Create the run (and the experiment on first use); returns its handle."""
     uri = tracking_uri(config)
     client = _client(uri)
-    experiment = client.get_experiment_by_name(config.experiment_name)
-    if experiment is None:
-        experiment_id = client.create_experiment(config.experiment_name,
-                                                 artifact_location=config.tracking.artifact_location)
-    else:
-        experiment_id = experiment.experiment_id
+    with _store_lock(uri):
+        experiment_id = _experiment_id(client, config.experiment_name, config.tracking.artifact_location)
     run = client.create_run(experiment_id, run_name=run_name, tags={"segml.version": segml.__version__})
-    log.info("MLflow run %s in experiment %r at %s", run.info.run_id, config.experiment_name, uri)
+    log.info("MLflow run %s in experiment %r at %s", run.info.run_id, config.experiment_name, mask_url(uri))
     return RunHandle(uri=uri, experiment_id=experiment_id, run_id=run.info.run_id)
 
 
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, creating it first if needed; a run that loses the race to create it uses the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 def end_run(handle: RunHandle, error: BaseException | None = None) -> None:
-    """Mark the run finished, or failed with the error's message as a tag."""
+    """Mark the run finished, or failed with the error's message (masked) as a tag."""
     client = _client(handle.uri)
     if error is not None:
-        client.set_tag(handle.run_id, "segml.error", str(error)[:5000])
+        client.set_tag(handle.run_id, "segml.error", mask_url(str(error))[:5000])
     client.set_terminated(handle.run_id, "FAILED" if error is not None else "FINISHED")
 
 
@@ -111,9 +253,9 @@ def _chunks(items: list, size: int):
 
 
 def log_params_and_metrics(handle: RunHandle, params: dict[str, str], metrics: dict[str, float]) -> None:
-    """Log params (text) and metrics (finite numbers only) in batches."""
+    """Log params (text, every URL in them masked) and metrics (finite numbers only) in batches."""
     client = _client(handle.uri)
-    for batch in _chunks([Param(k, v[:6000]) for k, v in params.items()], 100):
+    for batch in _chunks([Param(k, mask_url(v)[:6000]) for k, v in params.items()], 100):
         client.log_batch(handle.run_id, params=batch)
     timestamp = int(pd.Timestamp.now().timestamp() * 1000)
     clean = [Metric(k, float(v), timestamp, 0) for k, v in metrics.items() if v is not None and np.isfinite(v)]
@@ -172,7 +314,40 @@ def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names
         )
     # Leaving the block ends the run as FINISHED; it is finished only once it is published.
     _client(handle.uri).update_run(handle.run_id, status="RUNNING")
-    return info.model_uri, int(info.registered_model_version)
+    version = int(info.registered_model_version)
+    _record_digest(handle, config.registered_model_name, version, info.model_id)
+    return info.model_uri, version
+
+
+def model_digest(folder: Path) -> str:
+    """The SHA-256 digest of a model folder: of every file's path and content, in path order.
+
+    ``registered_model_meta``, which MLflow writes into a registered model's
+    folder when it downloads it, is left out.
+    """
+    total = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative == "registered_model_meta":
+            continue
+        content = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                content.update(block)
+        total.update(f"{relative}\0{content.hexdigest()}\n".encode())
+    return total.hexdigest()
+
+
+def _record_digest(handle: RunHandle, name: str, version: int, model_id: str | None) -> None:
+    """Tag the registered version, its run and its logged model with the digest of the files as stored."""
+    with _using(handle.uri), tempfile.TemporaryDirectory(prefix="segml-model-") as tmp:
+        digest = model_digest(Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=tmp)))
+    client = _client(handle.uri)
+    client.set_model_version_tag(name, str(version), DIGEST_TAG, digest)
+    client.set_tag(handle.run_id, DIGEST_TAG, digest)
+    if model_id:
+        client.set_logged_model_tags(model_id, {DIGEST_TAG: digest})
 
 
 @contextmanager
@@ -187,12 +362,18 @@ def _using(uri: str):
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    _client(uri)  # the store opened (under its lock) and the HTTP defaults set
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                                                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")}
     saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if mask_url(uri) != uri:
+        # MLflow prints "View run ... at <server URL>" when a fluent run ends, with the URL's password in it.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     try:
-        yield
+        with _reaching(uri):
+            yield
     finally:
         mlflow.set_tracking_uri(saved_tracking)
         registry_utils._registry_uri = saved_registry
@@ -204,9 +385,39 @@ def _using(uri: str):
 
 
 def load_model(model_uri: str, uri: str):
-    """Load a logged segmentation model as a pyfunc from the store at ``uri``."""
-    with _using(uri):
-        return mlflow.pyfunc.load_model(model_uri)
+    """Load a registered segmentation model as a pyfunc from the store at ``uri``, once its files are checked.
+
+    ``model_uri`` is ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
+    The files are downloaded, their digest compared with the one recorded at
+    registration (:data:`DIGEST_TAG`), and only then is the model unpickled,
+    from that local copy. A version registered before digests were recorded
+    is loaded with a warning; any other URI is loaded unchecked.
+    """
+    registered = re.fullmatch(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>.+))", model_uri)
+    if registered is None:
+        log.warning("model %s is not a registered version: its files are not checked", model_uri)
+        with _using(uri):
+            return mlflow.pyfunc.load_model(model_uri)
+    client = _client(uri)
+    name = registered["name"]
+    found = (client.get_model_version(name, registered["version"]) if registered["version"]
+             else client.get_model_version_by_alias(name, registered["alias"]))
+    expected = found.tags.get(DIGEST_TAG)
+    with _using(uri), tempfile.TemporaryDirectory(prefix="segml-model-") as tmp:
+        # The version, not the alias, so the files checked are the files of the version whose digest was read.
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{found.version}",
+                                                         dst_path=tmp))
+        if expected is None:
+            log.warning("model %s version %s has no %s tag (registered before segml recorded digests): its files "
+                        "are loaded unchecked", name, found.version, DIGEST_TAG)
+        else:
+            actual = model_digest(local)
+            if actual != expected:
+                raise SegmlError(
+                    f"the files of model {name!r} version {found.version} changed since registration (SHA-256 "
+                    f"{actual[:16]}..., registered {expected[:16]}...): the artifact store of {mask_url(uri)} was "
+                    "modified; it is not loaded. Restore the files, or register a new version with `segml run`")
+        return mlflow.pyfunc.load_model(str(local))
 
 
 CHAMPION = "champion"
@@ -228,7 +439,7 @@ def load_champion(config: SegmlConfig) -> Published | None:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(config)
-    client = _client(uri)
+    client = _client(uri)  # opening the store may create it: under its lock, like start_run
     try:
         version = client.get_model_version_by_alias(config.registered_model_name, CHAMPION)
     except MlflowException as exc:
@@ -238,7 +449,8 @@ def load_champion(config: SegmlConfig) -> Published | None:
     run = client.get_run(version.run_id)
 
     def table(name: str) -> pd.DataFrame:
-        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=name, tracking_uri=uri)
+        with _reaching(uri):
+            path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=name, tracking_uri=uri)
         return pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
 
     assignments = table("assignments.parquet")
