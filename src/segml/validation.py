@@ -61,8 +61,7 @@ MAX_LINE_AMOUNT = 1e12
 
 #: Reasons a line is rejected, in the order they are checked.
 REJECTION_REASONS: dict[str, str] = {
-    "malformed_line": "the CSV line does not split into the file's columns (a ragged row, an unterminated quote, "
-                      "a line over 2,000,000 bytes); its text is kept in line_text",
+    "malformed_line": "the CSV line does not split into the file's columns (its text is in line_text)",
     "missing_customer_id": "the customer id is empty or one of data.null_markers",
     "customer_id_too_long": f"the customer id has more than {MAX_ID_LENGTH} characters (the published table's limit)",
     "missing_timestamp": "the timestamp is empty or one of data.null_markers",
@@ -84,6 +83,11 @@ REJECTION_REASONS: dict[str, str] = {
 WINDOW_REASONS: dict[str, str] = {
     "after_as_of": "the purchase is on or after the as-of date",
     "before_window": "the purchase is before the look-back window",
+}
+
+#: Used lines counted apart in :meth:`ContractReport.as_frame` (status ``used``).
+USED_REASONS: dict[str, str] = {
+    "duplicate_kept": "the line repeats an earlier line exactly and data.duplicates is 'keep'",
 }
 
 #: Rejections that leave a line without a customer: the customer is not seen through that line.
