@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import write_flow_config
@@ -136,6 +137,10 @@ def test_gaussian_mixture_run_logs_bic_and_probabilities(prefect_harness, tmp_pa
     config = load_config(config_path)
     run = MlflowClient(tracking_uri=config.tracking.uri).get_run(summary["run_id"])
     assert "bic" in run.data.metrics and run.data.params["as_of"] == "2023-12-01"
+    # The configuration says 2024-01-01; the run's own date is what its record says.
+    assert run.data.params["window.as_of"] == "2023-12-01"
+    resolved = yaml.safe_load((Path(summary["output_dir"]) / "config" / "resolved.yaml").read_text())
+    assert resolved["window"]["as_of"] == "2023-12-01"
     table = pd.read_parquet(Path(summary["output_dir"]) / "assignments.parquet")
     assert table["segment_probability"].between(0, 1).all() and table["segment_probability"].lt(1).any()
     features = prepare_purchases(config, as_of=dt.date(2023, 12, 1)).features

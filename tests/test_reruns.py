@@ -50,6 +50,14 @@ def test_a_refit_with_another_seed_on_shuffled_rows_keeps_every_id_and_moves_nob
     alias = _client(config_path).get_model_version_by_alias("segml-sample", "champion")
     assert int(alias.version) == second["model_version"] == 2
 
+    # Every run's files have the same types, the first run's included: a folder of runs reads as one table.
+    import pyarrow.parquet as pq
+
+    schemas = [pq.read_schema(Path(s["output_dir"]) / "assignments.parquet").remove_metadata() for s in (first, second)]
+    assert schemas[0].equals(schemas[1])
+    assert str(schemas[0].field("segment_changed").type) == "bool"
+    assert str(schemas[0].field("previous_segment_id").type) == "string"
+
 
 def test_a_known_group_changing_behaviour_is_exactly_the_migration_found(prefect_harness, tmp_path):
     groups = {**GROUPS, "wholesale": Group(0.0, (1, 4), (60, 90), (300, 600), 4000.0)}

@@ -216,8 +216,11 @@ def migrate(previous: pd.DataFrame | None, current: pd.DataFrame) -> Migration:
     previous run's published table has them).
     """
     if previous is None:
-        customers = pd.DataFrame({"customer_id": current["customer_id"].astype(str), "previous_segment_id": None,
-                                  "segment_changed": None})
+        # Typed even when empty, so a first run's files have the columns' types of every later run.
+        n = len(current)
+        customers = pd.DataFrame({"customer_id": current["customer_id"].astype(str).to_numpy(),
+                                  "previous_segment_id": pd.array([None] * n, dtype=object),
+                                  "segment_changed": pd.array([pd.NA] * n, dtype="boolean")})
         empty = pd.DataFrame()
         return Migration(customers, empty, empty, {"customers_new": float(len(current))})
     before = previous[["customer_id", "segment_id"]].rename(columns={"segment_id": "previous_segment_id"})

@@ -128,6 +128,8 @@ def write_csv(frame: pd.DataFrame, path: Path, *, neutralise_formulas: bool = Tr
     table = _arrow_table(frame)
     if table is None:
         plain = _neutralise_frame(frame) if neutralise_formulas else frame
+        plain = plain.assign(**{c: plain[c].map({True: "true", False: "false"}) for c in plain.columns
+                                if pd.api.types.is_bool_dtype(plain[c])})  # Arrow's spelling, not True/False
         return write_atomic(path, lambda tmp: plain.to_csv(tmp, index=False, encoding="utf-8",
                                                            date_format="%Y-%m-%d"))
     if neutralise_formulas:
@@ -137,7 +139,22 @@ def write_csv(frame: pd.DataFrame, path: Path, *, neutralise_formulas: bool = Tr
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    """Parquet; a column of missing values only is written with the type it has when values are
+    present (the assignment table's ``previous_segment_id`` text and ``segment_changed`` boolean on a
+    first run), so a folder of runs reads as one table."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    known = {"previous_segment_id": pa.string(), "segment_changed": pa.bool_()}
+    for index, field in enumerate(table.schema):
+        kind = known.get(field.name) if pa.types.is_null(field.type) else None
+        if pa.types.is_large_string(field.type):
+            kind = pa.string()  # one text type whatever pandas holds the column as
+        if kind is not None:
+            table = table.set_column(index, field.name, table[field.name].cast(kind))
+    import pyarrow.parquet as pq
+
+    return write_atomic(path, lambda tmp: pq.write_table(table, str(tmp)))
 
 
 #: Tables the next run reads back from the champion's files: written exactly, without formula neutralisation.
