@@ -41,6 +41,7 @@ from segml.identity import (
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
 from segml.outputs import publish_folder, stage_files, write_csv
+from segml.secrets import mask_config, mask_config_text, mask_url
 from segml.plots import plot_migration, segmentation_figures
 from segml.segmentation import (
     Purchases,
@@ -185,9 +186,9 @@ def register_model(handle: tracking.RunHandle, config: SegmlConfig, purchases: P
 def record_run(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, candidates: pd.DataFrame,
                metrics: dict[str, float]) -> None:
     """Log params, metrics and a child run per candidate k."""
-    params = tracking.flatten(config.model_dump(mode="json"))
+    params = tracking.flatten(mask_config(config.model_dump(mode="json")))
     params.update(as_of=purchases.report.as_of.isoformat(), input_fingerprint=purchases.report.fingerprint,
-                  segml_version=segml.__version__, tracking_uri=_without_password(handle.uri))
+                  segml_version=segml.__version__, tracking_uri=mask_url(handle.uri))
     tracking.log_params_and_metrics(handle, params, metrics)
     tracking.log_candidates(handle, candidates, config.model.algorithm)
 
@@ -259,9 +260,11 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
                                                staging / "crm" / f"{stem}.csv")
     config_dir = staging / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    if config_path is not None:
-        (config_dir / Path(config_path).name).write_bytes(Path(config_path).read_bytes())
-    (config_dir / "resolved.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if config_path is not None:  # the file as given, its comments kept, its secrets masked
+        (config_dir / Path(config_path).name).write_text(
+            mask_config_text(Path(config_path).read_text(encoding="utf-8")), encoding="utf-8")
+    (config_dir / "resolved.yaml").write_text(
+        yaml.safe_dump(mask_config(config.model_dump(mode="json")), sort_keys=False), encoding="utf-8")
     return written
 
 
@@ -309,7 +312,7 @@ def publish_database(config: SegmlConfig, as_of: dt.date, assignments: pd.DataFr
     rows = publication.commit(config, as_of, assignments, catalogue, run_id, version, "refit", force)
     if not config.publish.database:
         return None
-    safe = _without_password(publish_url(config, dict(os.environ)))
+    safe = mask_url(publish_url(config, dict(os.environ)))
     get_run_logger().info("published %d assignments to %s", rows, safe)
     return safe
 
@@ -328,10 +331,6 @@ def settle_publications(config: SegmlConfig) -> list[str]:
     for line in done:
         get_run_logger().warning("repaired: %s", line)
     return done
-
-
-def _without_password(uri: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", uri)
 
 
 def _artifact_key(name: str) -> str:
@@ -429,7 +428,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     summary = {
         "run_id": handle.run_id,
         "experiment": cfg.experiment_name,
-        "tracking_uri": _without_password(handle.uri),
+        "tracking_uri": mask_url(handle.uri),
         "model_name": cfg.registered_model_name,
         "model_version": version,
         "as_of": r.as_of.isoformat(),
@@ -443,6 +442,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         "gates": {g.gate: g.passed for g in gates},
         "migration": migration.summary,
         "renamed": renames(identity),
+        "warnings": warnings,
         "output_dir": str(destination),
         "database": database,
         "assignments": str(destination / "assignments.csv"),

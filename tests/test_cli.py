@@ -122,6 +122,25 @@ def test_target_writes_a_campaign_list_from_the_published_run(segml_cli, demo, t
     listed = pd.read_csv(out)
     assert len(listed) > 0 and set(listed["segment_name"]) == {"Champions"} and (listed["monetary"] > 1000).all()
     assert f"{len(listed):,} customers written to {out}" in result.stdout
+    misspelt = segml_cli("target", config, "--segment", "Champion", "--out", str(tmp_path / "none.csv"))
+    assert misspelt.returncode == 1 and "'Champion' is not a segment id or name" in misspelt.stderr
+    assert "Champions" in misspelt.stderr and not (tmp_path / "none.csv").exists()
+    nobody = segml_cli("target", config, "--segment", "Champions", "--where", "monetary < 0", "--out",
+                       str(tmp_path / "empty.csv"))
+    assert nobody.returncode == 0 and "no current customer matches" in nobody.stderr
+    assert pd.read_csv(tmp_path / "empty.csv").empty
     refused = segml_cli("target", config, "--where", "monetary > 0; DROP TABLE segml_assignments", "--out", str(out))
     assert refused.returncode == 1 and "unexpected ';'" in refused.stderr and "Traceback" not in refused.stderr
     assert len(pd.read_csv(out)) == len(listed)  # the list from before is untouched
+
+
+def test_prefect_start_up_settings_are_in_place_before_any_command_imports_prefect():
+    # Prefect reads its settings once, at its first import; a command that imported it before setting
+    # the start-up timeout kept the 20 s default and crashed on a busy machine.
+    code = ("import sys; import segml.cli; assert 'prefect' not in sys.modules; "
+            "from pipelines.backfill import as_of_dates; "
+            "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as t; print(t.value())")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "120"

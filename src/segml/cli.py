@@ -81,6 +81,8 @@ def _print_summary(summary: dict) -> None:
     out.print(f"MLflow: run {summary['run_id']} in experiment {summary['experiment']!r} at "
               f"{summary['tracking_uri']}; model {summary['model_name']!r} version {summary['model_version']}.")
     out.print(f"Results are in {summary['output_dir']} (report: segment_report.pdf)")
+    for line in summary.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
 
 
 class _NoTracebackForKnownErrors(logging.Filter):
