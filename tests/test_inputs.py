@@ -477,3 +477,17 @@ def test_spark_reads_a_whitespace_export_and_decimal_commas_as_duckdb_does(spark
     assert on_duckdb.report.rejected_by_reason == {"malformed_line": 1, "non_numeric_amount": 1}
     pd.testing.assert_frame_equal(on_spark.features, on_duckdb.features)
     assert on_duckdb.features["monetary"].to_dict() == {"00001": 11.77, "00002": 2401.0}
+
+
+@pytest.mark.spark
+def test_spark_rejects_parquet_times_of_year_1_and_9999_without_a_crash(spark, tmp_path):
+    table = pa.table({"cust": ["A", "A", "B"], "ts": pa.array([dt.datetime(2024, 1, 5), dt.datetime(9999, 12, 31, 23, 59),
+                                                              dt.datetime(1, 1, 1)], pa.timestamp("us")),
+                      "value": [10.0, 5.0, 7.0]})
+    pq.write_table(table, tmp_path / "lines.parquet")
+    config = parse_config({"data": {"path": str(tmp_path / "lines.parquet"), "columns": {
+        "customer_id": "cust", "timestamp": "ts", "amount": "value"}}})
+    on_duckdb = prepare_purchases(config)
+    on_spark = prepare_purchases(config.model_copy(update={"engine": "spark"}))
+    assert on_spark.report == on_duckdb.report and on_duckdb.report.as_of == dt.date(2024, 1, 6)
+    pd.testing.assert_frame_equal(on_spark.rejected, on_duckdb.rejected, check_dtype=False)

@@ -276,8 +276,15 @@ def collect_features(features: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def rejected_lines(spark: SparkSession) -> pd.DataFrame:
-    """The rejected lines with every source column, their line number and reason."""
-    return spark.table(REJECTED).orderBy("line").toPandas()
+    """The rejected lines with every source column, their line number and reason.
+
+    Read through Arrow in the source's own time unit: a line rejected for a
+    date in year 1 or 9999 would overflow pandas' nanoseconds (``toPandas``).
+    """
+    frame = spark.table(REJECTED).orderBy("line").toArrow().to_pandas(coerce_temporal_nanoseconds=False)
+    for column in frame.select_dtypes("datetimetz").columns:  # Spark's zoned times: UTC wall time, as on DuckDB
+        frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
 
 
 def prepare_purchases(config: SegmlConfig, as_of: dt.date | None = None, config_name: str = "the configuration",
