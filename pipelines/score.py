@@ -35,6 +35,7 @@ from segml.config import SegmlConfig, load_config
 from segml.errors import SegmlError
 from segml.identity import crm_table, migrate
 from segml.outputs import write_csv, write_results
+from segml.secrets import mask_url
 
 SCORE_CHUNK_ROWS = 100_000
 
@@ -46,7 +47,7 @@ def load_champion_model(config: SegmlConfig) -> tuple[Any, tracking.Published]:
     if published is None:
         raise SegmlError(
             f"no published segmentation for {config.registered_model_name!r} at "
-            f"{tracking.tracking_uri(config)}: run `segml run` on this configuration first"
+            f"{mask_url(tracking.tracking_uri(config))}: run `segml run` on this configuration first"
         )
     model = tracking.load_model(f"models:/{config.registered_model_name}@{tracking.CHAMPION}",
                                 tracking.tracking_uri(config))

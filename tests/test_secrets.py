@@ -3,6 +3,9 @@ that must not write a planted password anywhere."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import yaml
 
@@ -158,3 +161,115 @@ def test_an_unreachable_source_is_named_with_its_secrets_masked():
     with pytest.raises(InputDataError, match=r"postgresql\+psycopg://shop:\*\*\*@127.0.0.1:9/shop\?") as info:
         register_source(connect(), config.data)
     assert "S3cr3t" not in str(info.value)
+
+
+# --- a run with planted secrets -----------------------------------------------------------------------
+
+SECRET = "S3cr3tPlanted"
+
+
+def _texts(path: Path):
+    """Every text a file may hold: its bytes, a PDF's inflated streams, a Parquet table's values."""
+    import re
+    import zlib
+
+    raw = path.read_bytes()
+    yield raw
+    if path.suffix == ".pdf":
+        for stream in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", raw, re.S):
+            try:
+                yield zlib.decompress(stream)
+            except zlib.error:
+                pass
+    elif path.suffix == ".parquet":
+        yield pd.read_parquet(path).to_csv().encode()
+
+
+def _files_holding(folder: Path, secret: str) -> list[str]:
+    return [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file()
+            and any(secret.encode() in text for text in _texts(p))]
+
+
+@pytest.fixture
+def planted_schema(postgres_url):
+    """A schema of its own in the test database, with a few hundred purchase lines; dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from segml.sample import generate_purchases
+
+    schema = f"segml_secrets_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(postgres_url)
+    lines, _ = generate_purchases(n_customers=40, seed=3, messy=False)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        lines.astype(str).to_sql("purchases", connection, schema=schema, index=False)
+    yield schema, len(lines)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_planted_secret_appears_nowhere_in_what_a_run_leaves(prefect_harness, planted_schema, tmp_path,
+                                                                monkeypatch, caplog, capfd):
+    import logging
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from conftest import write_flow_config
+    from pipelines.segment import segment_customers
+    from segml.config import load_config
+
+    schema, n_lines = planted_schema
+    server = "127.0.0.1:5432/test"
+    config_path = write_flow_config(tmp_path, model={"n_clusters": 3},
+                                    spark={"conf": {"spark.hadoop.fs.s3a.secret.key": SECRET}})
+    raw = yaml.safe_load(config_path.read_text())
+    raw["data"].pop("path")
+    raw["data"].update(url=f"postgresql+psycopg://postgres:{SECRET}@{server}?sslpassword={SECRET}",
+                       query=f"SELECT * FROM {schema}.purchases")
+    config_path.write_text("# planted: a password in data.url\n" + yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setenv("SEGML_PUBLISH_URL", f"postgresql+psycopg://postgres:{SECRET}@{server}"
+                                            f"?options=-csearch_path%3D{schema}&password={SECRET}")
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("prefect").addHandler(caplog.handler)  # Prefect's loggers do not all propagate
+    try:
+        summary = segment_customers(str(config_path))
+    finally:
+        logging.getLogger("prefect").removeHandler(caplog.handler)
+
+    # The secrets were used: the source was read from PostgreSQL and the assignments published there.
+    assert summary["rows_read"] == n_lines
+    assert summary["database"] == f"postgresql+psycopg://postgres:***@{server}?options=-csearch_path%3D{schema}" \
+                                  "&password=***"
+    config = load_config(config_path)
+    output = Path(summary["output_dir"])
+    copied = (output / "config" / config_path.name).read_text()
+    assert copied.startswith("# planted: a password in data.url\n") and "postgres:***@" in copied
+    messages = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    assert any("published" in m and "postgres:***@" in m for m in messages)
+
+    assert _files_holding(output, SECRET) == []
+    client = MlflowClient(tracking_uri=config.tracking.uri, registry_uri=config.tracking.uri)
+    run = client.get_run(summary["run_id"])
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'")
+    assert run.data.params["data.url"] == f"postgresql+psycopg://postgres:***@{server}?sslpassword=***"
+    for each in [run, *children]:
+        assert [k for k, v in {**each.data.params, **each.data.tags}.items() if SECRET in v] == []
+    logged = Path(mlflow.artifacts.download_artifacts(run_id=summary["run_id"], artifact_path="",
+                                                      dst_path=str(tmp_path / "run"),
+                                                      tracking_uri=config.tracking.uri))
+    assert (logged / "config" / "resolved.yaml").exists() and _files_holding(logged, SECRET) == []
+    version = client.get_model_version(config.registered_model_name, str(summary["model_version"]))
+    assert [k for k, v in version.tags.items() if SECRET in v] == []
+    # Everything MLflow stored: the artifact root (run files and the logged model) and the store's database.
+    assert _files_holding(Path(config.tracking.artifact_location), SECRET) == []
+    assert SECRET.encode() not in Path(config.tracking.uri.removeprefix("sqlite:///")).read_bytes()
+    assert [m for m in messages if SECRET in m] == []
+    assert SECRET not in repr(summary)
+    out, err = capfd.readouterr()
+    assert SECRET not in out and SECRET not in err
