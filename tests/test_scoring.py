@@ -20,13 +20,19 @@ from segml.outputs import write_csv
 from segml.sample import generate_purchases
 
 
-def test_scoring_assigns_known_customers_like_the_champion_and_new_ones_in_its_ids(prefect_harness, tmp_path):
-    config_path = write_flow_config(tmp_path)
+def _refit_then_newcomers(folder: Path, n: int, seed: int) -> tuple[Path, dict]:
+    """A published refit, then ``n`` new customers (ids ``N...``) added to its purchases."""
+    config_path = write_flow_config(folder)
     refit = segment_customers(str(config_path))
     data_path = Path(load_config(config_path).data.path)
-    newcomers, _ = generate_purchases(n_customers=60, seed=9, messy=False)
+    newcomers, _ = generate_purchases(n_customers=n, seed=seed, messy=False)
     newcomers["customer_id"] = "N" + newcomers["customer_id"]
     write_csv(pd.concat([pd.read_csv(data_path, dtype=str), newcomers.astype(str)]), data_path)
+    return config_path, refit
+
+
+def test_scoring_assigns_known_customers_like_the_champion_and_new_ones_in_its_ids(prefect_harness, tmp_path):
+    config_path, refit = _refit_then_newcomers(tmp_path, 60, seed=9)
 
     scored = score_customers(str(config_path))
     table = pd.read_csv(scored["assignments"], dtype={"customer_id": str}).set_index("customer_id")
@@ -65,12 +71,7 @@ def test_scored_customers_reach_the_crm_and_can_be_targeted(prefect_harness, tmp
     from segml.publish import create_engine, current_publication
     from segml.targeting import select_customers
 
-    config_path = write_flow_config(tmp_path)
-    refit = segment_customers(str(config_path))
-    data_path = Path(load_config(config_path).data.path)
-    newcomers, _ = generate_purchases(n_customers=40, seed=11, messy=False)
-    newcomers["customer_id"] = "N" + newcomers["customer_id"]
-    write_csv(pd.concat([pd.read_csv(data_path, dtype=str), newcomers.astype(str)]), data_path)
+    config_path, refit = _refit_then_newcomers(tmp_path, 40, seed=11)
 
     scored = score_customers(str(config_path), as_of=dt.date(2024, 1, 15))
     assert scored["published"] and scored["customers_new"] == 40
