@@ -491,3 +491,16 @@ def test_spark_rejects_parquet_times_of_year_1_and_9999_without_a_crash(spark, t
     on_spark = prepare_purchases(config.model_copy(update={"engine": "spark"}))
     assert on_spark.report == on_duckdb.report and on_duckdb.report.as_of == dt.date(2024, 1, 6)
     pd.testing.assert_frame_equal(on_spark.rejected, on_duckdb.rejected, check_dtype=False)
+
+
+def test_one_connection_reads_a_frame_then_a_csv_with_malformed_lines_then_another_file(tmp_path, hand_lines):
+    path = tmp_path / "lines.csv"
+    path.write_text(HEADER + GOOD_CSV + "O2,A,2024-01-02 10:00,1,10,extra\n")
+    other = tmp_path / "other.csv"
+    other.write_text(HEADER + GOOD_CSV)
+    con = connect()
+    config = _config(path=str(path))
+    prepare_purchases(config, frame=hand_lines, con=con)
+    assert prepare_purchases(config, con=con).report.rejected_by_reason == {"malformed_line": 1}
+    again = prepare_purchases(_config(path=str(other)), con=con).report
+    assert again.rows_read == 1 and again.rows_rejected == 0

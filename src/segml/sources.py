@@ -91,6 +91,9 @@ def _register_file(con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
     if not path.exists():
         raise InputDataError(f"purchase file {str(path)!r} not found; check data.path in the configuration")
     fmt = file_format(data)
+    # A source read before may have become a table (a frame, or a CSV with malformed lines): a view replaces it.
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [RAW]).fetchone()[0]:
+        con.execute(f"DROP TABLE {RAW}")
     if fmt == "csv":
         _register_csv(con, path, data.csv)
         return
@@ -155,6 +158,7 @@ def _first_record(head: str, csv: CsvOptions) -> tuple[str, list[str]]:
     """The first line of the file's text and its fields (a quoted field may span lines)."""
     first_line = head.splitlines()[0] if head.splitlines() else ""
     if csv.delimiter == WHITESPACE:
+        first_line = next((line for line in head.splitlines() if line.strip()), "")  # blank lines are no lines
         return first_line, first_line.split()
     try:
         fields = next(csv_module.reader(io.StringIO(head, newline=""), delimiter=csv.delimiter,
