@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO
 from segml.outputs import write_csv, write_results
+from test_tracking_server import mlflow_server  # noqa: F401 - the real `mlflow server` fixture
 
 PYTHON = sys.executable
 HYPERLINK = '=HYPERLINK("http://x")'
@@ -165,6 +166,22 @@ def test_an_unreachable_tracking_server_fails_fast_with_one_message(monkeypatch)
                               "Connection refused")
     assert "tracking.uri" in message and "MLFLOW_TRACKING_URI" in message and "S3cr3t" not in message
     assert "\n" not in message
+
+
+@pytest.mark.slow
+def test_a_server_uri_with_a_password_is_never_printed(mlflow_server, monkeypatch, capfd):
+    from conftest import hand_config
+    from segml import tracking
+
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    uri = mlflow_server.replace("http://", "http://segml:S3cr3t@")  # a server without auth ignores it
+    handle = tracking.start_run(hand_config(tracking={"uri": uri}, name="printed"))
+    tracking.log_params_and_metrics(handle, {"source": "postgresql://shop:S3cr3t@db/shop"}, {})
+    tracking.end_run(handle)  # where MLflow prints "View run ... at <URI>"
+    out, err = capfd.readouterr()
+    assert "S3cr3t" not in out + err
+    run = tracking._client(uri).get_run(handle.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["source"] == "postgresql://shop:***@db/shop"
 
 
 def test_http_settings_the_user_made_are_kept(monkeypatch):

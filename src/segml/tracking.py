@@ -84,6 +84,9 @@ def _client(uri: str) -> MlflowClient:
     """
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)  # read by MLflow at every request, so setting them now is in time
+    if mask_url(uri) != uri:
+        # MLflow prints "View run ... at <server URI>" whenever a run ends, the URI's password in it.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri in _opened or _sqlite_file(uri) is None:
         return _Reaching(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)  # type: ignore[return-value]
     with _store_lock(uri):
@@ -363,14 +366,10 @@ def _using(uri: str):
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     _client(uri)  # the store opened (under its lock) and the HTTP defaults set
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
-                                                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")}
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mask_url(uri) != uri:
-        # MLflow prints "View run ... at <server URL>" when a fluent run ends, with the URL's password in it.
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     try:
         with _reaching(uri):
             yield
@@ -478,7 +477,7 @@ PUBLICATION_TAG = "segml.publication"
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     client = _client(uri)
     for key, value in tags.items():
-        client.set_tag(run_id, key, str(value)[:5000])
+        client.set_tag(run_id, key, mask_url(str(value))[:5000])
 
 
 def run_record(uri: str, run_id: str) -> tuple[str, dict[str, str], dict[str, str]]:
