@@ -55,14 +55,33 @@ from segml.segmentation import (
 from segml.validation import REJECTION_REASONS, WINDOW_REASONS
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error may pass on a second try: a lost connection, a lock, a server not answering.
+
+    Never segml's own errors (a missing column stays missing) nor a database refusing the data
+    (a constraint, a value too long for its column: the same rows fail the same way every time).
+    """
+    if isinstance(exc, SegmlError):
+        return False
+    # Database errors by their DB-API class (SQLAlchemy's wrappers and the drivers' own share the names).
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    if kinds & {"IntegrityError", "DataError", "ProgrammingError", "NotSupportedError"}:
+        return False
+    if kinds & {"OperationalError", "InterfaceError", "TimeoutError"} or isinstance(exc, OSError):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR")
+    return False
+
+
 def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry condition signature
-    """Retry I/O failures, never segml's own errors: a missing column stays missing on the next try."""
+    """Retry I/O failures that may pass (:func:`is_transient`), never deterministic ones."""
     try:
         state.result()
-    except SegmlError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else (network, locks, disk) may pass
-        return True
+    except Exception as exc:  # noqa: BLE001 - classified, not swallowed: the task fails either way
+        return is_transient(exc)
     return False
 
 

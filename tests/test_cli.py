@@ -144,3 +144,15 @@ def test_prefect_start_up_settings_are_in_place_before_any_command_imports_prefe
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "120"
+
+
+def test_an_infrastructure_error_is_one_line_without_a_traceback_or_a_password(segml_cli, tmp_path):
+    config = write_sample(tmp_path, n_customers=60)
+    env_url = "postgresql+psycopg://crm:Pl4ntedSecret@127.0.0.1:1/crm"
+    done = subprocess.run([sys.executable, "-m", "segml", "target", str(config), "--out", str(tmp_path / "x.csv")],
+                          env={**os.environ, "SEGML_PUBLISH_URL": env_url}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "Pl4ntedSecret" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "OperationalError" in errors[0] and "--debug" in errors[0]

@@ -217,3 +217,22 @@ def test_a_version_1_database_is_migrated_in_place(engine):
     later = dt.date(2024, 2, 1)
     publish_assignments(engine, "shop", later, assignments(4, later, run_id="run-v2"), CATALOGUE, "run-v2", 2)
     assert set(read_current(engine, "shop")["run_id"]) == {"run-v2"}
+
+
+def test_a_deterministic_database_error_is_not_retried_and_a_lost_connection_is(engine):
+    from pipelines.segment import is_transient
+
+    too_long = assignments(3)
+    too_long.loc[0, "customer_id"] = "x" * 300
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(sa.exc.DataError) as refused:
+            publish_assignments(engine, "shop", AS_OF, too_long, CATALOGUE, "run-1", 1)
+        assert not is_transient(refused.value)
+    broken = pd.concat([assignments(2), assignments(1)])
+    with pytest.raises(sa.exc.IntegrityError) as duplicate:
+        publish_assignments(engine, "shop", AS_OF, broken, CATALOGUE, "run-1", 1)
+    assert not is_transient(duplicate.value)
+    gone = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
+    with pytest.raises(sa.exc.OperationalError) as lost:
+        ensure_schema(gone)
+    assert is_transient(lost.value)

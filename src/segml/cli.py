@@ -52,10 +52,21 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
-    if debug or not isinstance(exc, SegmlError):
-        console.print(traceback.format_exc(), markup=False, highlight=False)
+    """One ``error:`` line (the traceback only with ``--debug``), secrets masked, then exit 1."""
+    from rich.markup import escape
+
+    from segml.secrets import mask_url
+
+    if debug:
+        console.print(mask_url(traceback.format_exc()), markup=False, highlight=False)
     if isinstance(exc, SegmlError):
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        message = mask_url(str(exc))
+    else:
+        # Infrastructure (a database or tracking server gone, a full disk): what failed, in one line.
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        message = f"{type(exc).__name__}: {mask_url(lines[0] if lines else '')[:500]}" + (
+            "" if debug else " (run again with --debug for the traceback)")
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     # Drop the failed frames' locals now (open DuckDB connections among them) rather than at exit.
     traceback.clear_frames(exc.__traceback__)
     raise typer.Exit(code=1)
@@ -305,6 +316,12 @@ def demo(
 
 
 def main() -> None:
+    import sys
+
+    # The working directory is not a place to import code from: joblib's worker processes inherit
+    # this path, and a stray concurrent.py or pandas.py there would run inside them.
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", cwd)]
     app()
 
 
