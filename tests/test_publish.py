@@ -225,11 +225,11 @@ def test_a_deterministic_database_error_is_not_retried_and_a_lost_connection_is(
     too_long = assignments(3)
     too_long.loc[0, "customer_id"] = "x" * 300
     if engine.dialect.name == "postgresql":
-        with pytest.raises(sa.exc.DataError) as refused:
+        with pytest.raises(Exception, match="value too long") as refused:
             publish_assignments(engine, "shop", AS_OF, too_long, CATALOGUE, "run-1", 1)
         assert not is_transient(refused.value)
     broken = pd.concat([assignments(2), assignments(1)])
-    with pytest.raises(sa.exc.IntegrityError) as duplicate:
+    with pytest.raises(Exception, match="UNIQUE constraint failed|duplicate key value") as duplicate:
         publish_assignments(engine, "shop", AS_OF, broken, CATALOGUE, "run-1", 1)
     assert not is_transient(duplicate.value)
     gone = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
