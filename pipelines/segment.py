@@ -229,7 +229,9 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
         f"As of {r.as_of} ({'all history' if r.window_start is None else f'purchases since {r.window_start}'}). "
         f"{r.rows_read:,} purchase lines read: {r.rows_used:,} used, {r.rows_rejected:,} rejected, "
         f"{r.rows_outside_window:,} outside the window. {len(features):,} customers segmented, "
-        f"{len(purchases.excluded):,} left out (no positive net spend).",
+        f"{len(purchases.excluded):,} left out"
+        + (f" ({', '.join(f'{n:,} {reason}' for reason, n in purchases.excluded['reason'].value_counts().items())})"
+           if len(purchases.excluded) else "") + ".",
         f"{config.model.algorithm} with k = {model.n_segments} chosen by {config.model.criterion} from "
         f"{candidates['k'].tolist()}. Homogeneity {m['homogeneity']:.2f}, explained variance "
         f"{m['explained_variance']:.2f}, silhouette {m['silhouette']:.2f}, stability (ARI) "
