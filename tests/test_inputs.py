@@ -504,3 +504,13 @@ def test_one_connection_reads_a_frame_then_a_csv_with_malformed_lines_then_anoth
     assert prepare_purchases(config, con=con).report.rejected_by_reason == {"malformed_line": 1}
     again = prepare_purchases(_config(path=str(other)), con=con).report
     assert again.rows_read == 1 and again.rows_rejected == 0
+
+
+def test_the_readme_lists_every_rejection_reason_in_the_order_they_are_checked():
+    from conftest import REPO
+
+    from segml.validation import REJECTION_REASONS
+
+    section = (REPO / "README.md").read_text().split("## The data contract", 1)[1].split("\n## ", 1)[0]
+    listed = [row.split("`")[1] for row in section.splitlines() if row.startswith("| `")]
+    assert listed == list(REJECTION_REASONS)
