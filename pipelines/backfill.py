@@ -62,11 +62,23 @@ def backfill(config: str | Path, start: dt.date, end: dt.date, every: str = "mon
             summary = segment_customers(str(config), as_of, force)
         except (QualityGateError, StalePublicationError) as exc:
             logger.warning("as of %s: %s", as_of, exc)
-            failed.append(f"{as_of}: {exc}")
-            results.append({"as_of": as_of.isoformat(), "promoted": False, "error": str(exc)})
+            reason = str(exc).split(". The run is recorded")[0]
+            failed.append(f"{as_of}: {reason}")
+            results.append({"as_of": as_of.isoformat(), "promoted": False, "error": reason})
             continue
         results.append({**summary, "promoted": True})
     if failed:
-        raise QualityGateError(f"{len(failed)} of {len(dates)} backfill steps were not published: "
-                               + " | ".join(failed))
+        raise BackfillError(f"{len(failed)} of {len(dates)} backfill steps were not published (each is recorded "
+                            "in MLflow): " + " | ".join(failed), results)
     return results
+
+
+class BackfillError(QualityGateError):
+    """Some steps of a backfill were not published; ``results`` holds every step's outcome."""
+
+    def __init__(self, message: str, results: list[dict[str, Any]]):
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self):
+        return (BackfillError, (self.args[0], self.results))

@@ -103,6 +103,18 @@ def test_scoring_before_any_refit_says_what_to_do(prefect_harness, tmp_path):
         score_customers(str(config_path))
 
 
+def test_a_backfill_step_held_back_by_a_gate_is_reported_with_the_published_ones(prefect_harness, tmp_path):
+    from pipelines.backfill import BackfillError
+
+    config_path = write_flow_config(tmp_path, gates={"max_changed_share": 0.0})  # skipped on a first run
+    with pytest.raises(BackfillError, match=r"1 of 2 backfill steps were not published.*max_changed_share") as held:
+        backfill(str(config_path), dt.date(2023, 11, 1), dt.date(2023, 12, 1), "month")
+    first, second = held.value.results
+    assert (first["as_of"], first["promoted"]) == ("2023-11-01", True) and first["renamed"] == []
+    assert (second["as_of"], second["promoted"]) == ("2023-12-01", False)
+    assert second["error"].startswith("1 quality gate failed: max_changed_share")
+
+
 @pytest.mark.parametrize("every, expected", [
     ("month", ["2011-01-31", "2011-02-28", "2011-03-31"]),
     ("2w", ["2011-01-31", "2011-02-14", "2011-02-28", "2011-03-14", "2011-03-28"]),
@@ -144,3 +156,14 @@ def test_monthly_backfill_on_online_retail_gives_a_migration_table_per_step(pref
         kept = {s["segment_id"] for s in step["segments"]} & {s["segment_id"] for s in previous["segments"]}
         assert len(kept) >= min(len(step["segments"]), len(previous["segments"])) - 1
     assert not (Path(results[0]["output_dir"]) / "migration_counts.csv").exists()
+    # No published name breaks its rule on its median customer, at any step; renames are recorded.
+    from segml.profiles import contradictions
+
+    for step in results:
+        segments = pd.read_csv(Path(step["output_dir"]) / "segments.csv")
+        assert contradictions(segments) == [], step["as_of"]
+        assert segments["segment_name"].is_unique
+        matching = pd.read_csv(Path(step["output_dir"]) / "segment_matching.csv")
+        renamed = matching[matching["outcome"] == "renamed"]
+        assert [{"segment_id": r.segment_id, "from": r.previous_segment_name, "to": r.segment_name}
+                for r in renamed.itertuples()] == step["renamed"]

@@ -186,11 +186,20 @@ def backfill(
 
         results = backfill_flow(str(config), start.date(), end.date(), every, force)
     except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "results", None):
+            _print_backfill(exc.results)  # the steps that were published, and why the others were not
         _fail(exc, debug)
+    _print_backfill(results)
+
+
+def _print_backfill(results: list[dict]) -> None:
     table = Table(title=f"Backfill of {len(results)} as-of dates")
     for column in ("as of", "segments", "homogeneity", "changed segment", "new", "renamed", "output"):
         table.add_column(column)
     for r in results:
+        if not r.get("promoted", True):
+            table.add_row(r["as_of"], "", "", "", "", "", f"not published: {r['error']}")
+            continue
         moved = r["migration"]
         table.add_row(r["as_of"], str(r["n_segments"]), f"{r['homogeneity']:.2f}",
                       f"{moved.get('changed_share', 0):.1%}" if "changed_share" in moved else "first run",
