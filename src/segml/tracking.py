@@ -141,8 +141,10 @@ def _unreachable(exc: BaseException) -> str | None:
     """Why the store could not be reached (``Connection refused``, ``timed out``...), or None for other errors."""
     import requests
 
-    seen = exc
-    while seen is not None:
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         if isinstance(seen, requests.exceptions.Timeout):
             return "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT seconds"
         if isinstance(seen, requests.exceptions.ConnectionError):
