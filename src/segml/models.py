@@ -197,6 +197,14 @@ def score_partition(Z: np.ndarray, labels: np.ndarray, silhouette_sample: int, r
 
 #: Below this many customers in the selection sample the candidates are fitted one after another.
 PARALLEL_MIN_ROWS = 20_000
+#: Seconds a worker process waits for more work before it exits (joblib's default is 300): workers
+#: of a process that was killed are gone a minute later, not five.
+WORKER_IDLE_SECONDS = 60
+
+
+def workers(n_jobs: int) -> Parallel:
+    """joblib's process pool for segml's side-by-side work."""
+    return Parallel(n_jobs=n_jobs, idle_worker_timeout=WORKER_IDLE_SECONDS)
 
 
 def _fit_candidate(Z: np.ndarray, k: int, model: ModelConfig) -> tuple[dict, KMeans | GaussianMixture, np.ndarray]:
@@ -222,7 +230,7 @@ def _refit(model: ModelConfig, k: int, Z: np.ndarray, jobs: int) -> KMeans | Gau
     """The chosen k fitted on ``Z``: ``n_init`` runs from seeds ``random_state``, ``random_state + 1``, ...
     side by side, keeping the best (lowest inertia, or highest likelihood bound)."""
     seeds = [model.random_state + i for i in range(model.n_init)]
-    runs = Parallel(n_jobs=jobs if len(seeds) > 1 else 1)(delayed(_fit_once)(model, k, seed, Z) for seed in seeds)
+    runs = workers(jobs if len(seeds) > 1 else 1)(delayed(_fit_once)(model, k, seed, Z) for seed in seeds)
     if isinstance(runs[0], KMeans):
         return min(runs, key=lambda run: run.inertia_)
     return max(runs, key=lambda run: run.lower_bound_)
@@ -264,7 +272,7 @@ def fit_segments(X: pd.DataFrame, features: list[str], transform: TransformConfi
     Z_fit = _subsample(Z, model.fit_sample, model.random_state)
     Z_sel = _subsample(Z_fit, model.selection_sample, model.random_state)
     jobs = model.n_jobs if len(Z_sel) >= PARALLEL_MIN_ROWS else 1
-    results = Parallel(n_jobs=jobs if len(ks) > 1 else 1)(delayed(_fit_candidate)(Z_sel, k, model) for k in ks)
+    results = workers(jobs if len(ks) > 1 else 1)(delayed(_fit_candidate)(Z_sel, k, model) for k in ks)
     rows = [row for row, _, _ in results]
     fitted = {row["k"]: (estimator, labels) for row, estimator, labels in results}
     for row in rows:

@@ -196,7 +196,9 @@ def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.Da
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from joblib import Parallel, delayed
+    from joblib import delayed
+
+    from segml.models import workers
 
     from segml.report import write_report
 
@@ -204,7 +206,7 @@ def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.Da
     if report_pages is not None:
         drawing.append(delayed(write_report)(folder / "segment_report.pdf", report_pages))
     with ThreadPoolExecutor(1) as thread:  # waits on the workers while this thread writes the tables
-        drawn = thread.submit(Parallel(n_jobs=min(len(drawing), os.cpu_count() or 1)), drawing)
+        drawn = thread.submit(workers(min(len(drawing), os.cpu_count() or 1)), drawing)
         written = write_results(folder, assignments, tables)
         figures_written, *report = drawn.result()
     written.update(figures_written)
