@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -142,36 +141,3 @@ def test_the_next_flow_run_settles_first(first_run):
     assert (state["database"], state["champion"], state["files"]) == (third["run_id"],) * 3
     assert set(state["statuses"].values()) == {"FINISHED"} and len(state["statuses"]) == 3
 
-
-def test_the_workers_of_a_killed_process_exit_once_idle(tmp_path):
-    # A killed run's worker processes used to linger for joblib's five idle minutes.
-    child = textwrap.dedent("""
-        import os, signal
-        from joblib import delayed
-        from pathlib import Path
-        import segml.models as models
-
-        models.WORKER_IDLE_SECONDS = 2
-        models.workers(2)(delayed(abs)(i) for i in range(-8, 0))
-        me = str(os.getpid())
-        children = [p.parent.name for p in Path("/proc").glob("[0-9]*/stat")
-                    if p.read_text().rsplit(")", 1)[1].split()[1] == me]
-        print(" ".join(children), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
-    assert done.returncode == -9
-    pids = [int(p) for p in done.stdout.split()]
-    assert pids, done.stderr
-
-    def alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-
-    deadline = time.monotonic() + 30
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not any(alive(p) for p in pids)

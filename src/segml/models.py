@@ -10,6 +10,7 @@ row order.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,7 +204,14 @@ WORKER_IDLE_SECONDS = 60
 
 
 def workers(n_jobs: int) -> Parallel:
-    """joblib's process pool for segml's side-by-side work."""
+    """joblib's process pool for segml's side-by-side work.
+
+    Worker processes start as ``python -m ...``, which puts the working
+    directory first on their import path: a ``concurrent.py`` or
+    ``pandas.py`` lying there would run inside them. ``PYTHONSAFEPATH``
+    (Python 3.11+) keeps it off, for every process started after this.
+    """
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
     return Parallel(n_jobs=n_jobs, idle_worker_timeout=WORKER_IDLE_SECONDS)
 
 
