@@ -145,12 +145,23 @@ class Dialect:
         """Every field of a struct column as a column of its own."""
         return f"unnest({column})" if self.name == "duckdb" else f"{column}.*"
 
-    def trimmed(self, text: str) -> str:
-        """Text without surrounding spaces, NULL when nothing is left."""
+    def trimmed(self, text: str, null_markers: list[str] | tuple[str, ...] = ()) -> str:
+        """Text without surrounding spaces, NULL when nothing is left or it is one of ``null_markers``."""
+        markers = ", ".join(self.literal(m) for m in null_markers)
         if self.name == "duckdb":
-            # Most values have no spaces to trim: checking first is twice as fast as trimming all.
-            return f"CASE WHEN {text} LIKE ' %' OR {text} LIKE '% ' THEN NULLIF(trim({text}), '') ELSE NULLIF({text}, '') END"
-        return f"NULLIF(trim({text}), '')"
+            # Most values have no spaces to trim: checking first is twice as fast as trimming all. A
+            # marker is only looked for in values as short as the longest (the byte count is free).
+            if not null_markers:
+                return (f"CASE WHEN {text} LIKE ' %' OR {text} LIKE '% ' THEN NULLIF(trim({text}), '') "
+                        f"ELSE NULLIF({text}, '') END")
+            longest = max(len(m.encode()) for m in null_markers)
+            return (f"CASE WHEN {text} LIKE ' %' OR {text} LIKE '% ' THEN "
+                    f"(CASE WHEN trim({text}) IN ({markers}) THEN NULL ELSE NULLIF(trim({text}), '') END) "
+                    f"WHEN strlen({text}) <= {longest} AND {text} IN ({markers}) THEN NULL "
+                    f"ELSE NULLIF({text}, '') END")
+        if not null_markers:
+            return f"NULLIF(trim({text}), '')"
+        return f"CASE WHEN trim({text}) IN ({markers}) THEN NULL ELSE NULLIF(trim({text}), '') END"
 
     def pack(self, fields: dict[str, str]) -> str:
         """A struct of named expressions."""

@@ -140,12 +140,12 @@ def _is_text(sql_type: str) -> bool:
     return sql_type.upper() in ("VARCHAR", "TEXT", "STRING") or sql_type.upper().startswith("VARCHAR")
 
 
-def _text(expr: str, d: Dialect) -> str:
-    """Trimmed text, NULL when empty."""
-    return d.trimmed(f"CAST({expr} AS {d.text_type})")
+def _text(expr: str, d: Dialect, null_markers: list[str] | None = None) -> str:
+    """Trimmed text, NULL when empty or a null marker."""
+    return d.trimmed(f"CAST({expr} AS {d.text_type})", null_markers or ())
 
 
-def _customer_id(expr: str, sql_type: str, d: Dialect) -> str:
+def _customer_id(expr: str, sql_type: str, d: Dialect, null_markers: list[str]) -> str:
     upper = sql_type.upper()
     if upper in ("DOUBLE", "FLOAT", "REAL"):
         # Ids stored as floats (17850.0) are whole numbers written without the fraction; NaN is no id
@@ -156,19 +156,12 @@ def _customer_id(expr: str, sql_type: str, d: Dialect) -> str:
     if upper.startswith("DECIMAL"):
         return (f"CASE WHEN {expr} = floor({expr}) AND abs({expr}) < 1e15 "
                 f"THEN CAST(CAST({expr} AS BIGINT) AS {d.text_type}) ELSE CAST({expr} AS {d.text_type}) END")
-    return _text(expr, d)
+    return _text(expr, d, null_markers if _is_text(sql_type) else None)
 
 
-def _cleaned(expr: str, sql_type: str, d: Dialect) -> str:
-    """A source column ready to check: trimmed text (NULL when empty) for text, else the value."""
-    return _text(expr, d) if _is_text(sql_type) else expr
-
-
-def _unmarked(expr: str, markers: list[str], d: Dialect) -> str:
-    """A cleaned text column with the null markers (``NULL``, ``#N/A``...) as NULL."""
-    if not markers:
-        return expr
-    return f"CASE WHEN {expr} IN ({', '.join(d.literal(m) for m in markers)}) THEN NULL ELSE {expr} END"
+def _cleaned(expr: str, sql_type: str, d: Dialect, null_markers: list[str]) -> str:
+    """A source column ready to check: trimmed text (NULL when empty or a null marker) for text, else the value."""
+    return _text(expr, d, null_markers) if _is_text(sql_type) else expr
 
 
 def _to_number(expr: str, sql_type: str, data: DataConfig, d: Dialect) -> str:
@@ -238,16 +231,13 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
     markers = data.null_markers
     earliest, latest = plausible or plausible_dates(data)
 
-    # Cleaned (trimmed) columns __t_<name>; then without null markers __cid, __c_<name>;
+    # Cleaned columns (trimmed, NULL when empty or a null marker): __cid, __c_<name>;
     # then parsed numbers __q, __p (or __v for a single amount) and the time __ts.
-    trimmed = [f"{_customer_id(quote(cols.customer_id), types[cols.customer_id], d)} AS __t_cid",
-               f"{_cleaned(quote(cols.timestamp), ts_type, d)} AS __t_ts"]
-    unmarked = [f"{_unmarked('__t_cid', markers if _is_text(types[cols.customer_id]) else [], d)} AS __cid",
-                f"{_unmarked('__t_ts', markers if _is_text(ts_type) else [], d)} AS __c_ts"]
+    cleaned = [f"{_customer_id(quote(cols.customer_id), types[cols.customer_id], d, markers)} AS __cid",
+               f"{_cleaned(quote(cols.timestamp), ts_type, d, markers)} AS __c_ts"]
 
     def text_column(name: str, short: str) -> None:
-        trimmed.append(f"{_cleaned(quote(name), types[name], d)} AS __t_{short}")
-        unmarked.append(f"{_unmarked(f'__t_{short}', markers if _is_text(types[name]) else [], d)} AS __c_{short}")
+        cleaned.append(f"{_cleaned(quote(name), types[name], d, markers)} AS __c_{short}")
 
     if cols.amount is not None:
         text_column(cols.amount, "v")
@@ -279,7 +269,7 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
         text_column(cols.order_id, "order")
         order_key = f"COALESCE(__c_order, {day})"
     else:
-        unmarked.append("NULL AS __c_order")
+        cleaned.append("NULL AS __c_order")
         order_key = day
     prefix = data.returns.cancel_prefix
     cancelled = (f"substring(__c_order, 1, {len(prefix)}) = {d.literal(prefix)}"
@@ -360,12 +350,10 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
     # (usually few) rejected lines.
     return f"""
         WITH numbered AS {materialized} ({numbered_sql}), {duplicates} cleaned AS (
-            SELECT numbered.*, {", ".join(trimmed)}, {duplicate} AS __duplicate
+            SELECT numbered.*, {", ".join(cleaned)}, {duplicate} AS __duplicate
             FROM {scanned}
-        ), unmarked AS (
-            SELECT *, {", ".join(unmarked)} FROM cleaned
         ), parsed AS (
-            SELECT *, {", ".join(parsed)} FROM unmarked
+            SELECT *, {", ".join(parsed)} FROM cleaned
         ), checked AS (
             SELECT *, ({negative}) OR COALESCE({cancelled}, false) AS __ret FROM parsed
         ), {classified}
