@@ -37,7 +37,14 @@ from pathlib import Path
 from segml import tracking
 from segml.config import SegmlConfig, publish_url
 from segml.outputs import publish_folder, write_atomic
-from segml.publish import create_engine, current_publication, publish_assignments
+from segml.publish import (
+    check_base,
+    check_not_stale,
+    create_engine,
+    current_publication,
+    publication_runs,
+    publish_assignments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +71,110 @@ def begin(uri: str, run_id: str, as_of: dt.date, source: str, version: int, dest
 
 
 def commit(config: SegmlConfig, as_of: dt.date, assignments, catalogue, run_id: str, version: int,
-           source: str, force: bool = False) -> int:
+           source: str, force: bool = False, based_on: str | None = None) -> int:
     """Step 2: the database transaction that makes the run current; returns the rows written.
 
-    Without a database, a refit's commit point is the alias ``champion``.
+    ``based_on`` is the refit run the run started from (what a refit was
+    compared with, ``"none"`` for a first one; the model a scoring run used):
+    the publication is refused when another was published since
+    (:func:`segml.publish.check_base`). Without a database, a refit's commit
+    point is the alias ``champion``, under the same rules.
     """
     if not config.publish.database:
         if source == "refit":
+            champion = tracking.champion_version(config)
+            champion_run = None if champion is None else tracking.run_of_version(config, champion)
+            if champion_run is not None and not force:
+                _, _, params = tracking.run_record(tracking.tracking_uri(config), champion_run)
+                if params.get("as_of"):
+                    check_not_stale({"as_of": dt.date.fromisoformat(params["as_of"]), "run_id": champion_run},
+                                    as_of)
+                check_base(champion_run, based_on, source)
             tracking.set_champion(config, run_id, version)
         return 0
     engine = create_engine(publish_url(config, dict(os.environ)))
     try:
         return publish_assignments(engine, config.name, as_of, assignments, catalogue, run_id, version,
-                                   source=source, force=force)
+                                   source=source, force=force, based_on=based_on)
     finally:
         engine.dispose()
+
+
+def _current(config: SegmlConfig) -> dict | None:
+    """The current publication in the CRM database; None without one (a missing SQLite file is not created)."""
+    if not config.publish.database:
+        return None
+    url = publish_url(config, dict(os.environ))
+    if _missing_sqlite(url):
+        return None
+    engine = create_engine(url)
+    try:
+        return current_publication(engine, config.name)
+    finally:
+        engine.dispose()
+
+
+def check_date(config: SegmlConfig, as_of: dt.date) -> None:
+    """Refuse early (before any fitting) a run whose as-of date is before the publication the CRM reads.
+
+    The same check runs again inside the commit's transaction.
+    """
+    current = _current(config)
+    if current is None and not config.publish.database:
+        champion = tracking.champion_version(config)
+        if champion is not None:
+            run = tracking.run_of_version(config, champion)
+            _, _, params = tracking.run_record(tracking.tracking_uri(config), run)
+            if params.get("as_of"):
+                current = {"as_of": dt.date.fromisoformat(params["as_of"]), "run_id": run}
+    check_not_stale(current, as_of)
+
+
+def same_day_refit(config: SegmlConfig, as_of: dt.date) -> str | None:
+    """The run id of a published refit of ``as_of``, if any: a scoring run of that date is not
+    published over it (it would replace the refit's record with the same model's assignments)."""
+    import sqlalchemy as sa
+
+    from segml.publish import publications_table
+
+    if _current(config) is None:
+        return None
+    engine = create_engine(publish_url(config, dict(os.environ)))
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.select(publications_table.c.run_id).where(
+                publications_table.c.segmentation == config.name, publications_table.c.as_of == as_of,
+                publications_table.c.source == "refit")).scalar()
+    finally:
+        engine.dispose()
+
+
+def crm_assignments(config: SegmlConfig, published: tracking.Published):
+    """The assignments the CRM holds now: the current publication's when it is not the champion's own
+    (a scoring run published since), else the champion's. Migration and ``changes.csv`` compare with them."""
+    from segml.publish import read_current
+
+    current = _current(config)
+    if current is None or current["run_id"] == published.run_id:
+        return published.assignments
+    engine = create_engine(publish_url(config, dict(os.environ)))
+    try:
+        return read_current(engine, config.name)
+    finally:
+        engine.dispose()
+
+
+def record_failure(handle: tracking.RunHandle, error: BaseException, begun: bool, committed: bool) -> None:
+    """What a failed flow run leaves on its MLflow run: finished later by ``settle`` when it committed,
+    else failed, and ``abandoned`` when it had recorded the intent to publish."""
+    if committed:
+        # Published: the next flow run or `segml repair` finishes it from its logged files.
+        tracking.set_tags(handle.uri, handle.run_id, {
+            "segml.error": f"published, but finishing failed: {error}; `segml repair` completes it"})
+        return
+    if begun:
+        tracking.set_tags(handle.uri, handle.run_id, {tracking.PUBLICATION_TAG: "abandoned"})
+    tracking.end_run(handle, error)
 
 
 def finish(config: SegmlConfig, uri: str, run_id: str, files: Path, destination: Path, as_of: dt.date,
@@ -100,6 +196,14 @@ def _finish_from_record(config: SegmlConfig, uri: str, run_id: str, tags: dict[s
         files = tracking.download_run_files(uri, run_id, Path(tmp))
         finish(config, uri, run_id, files, Path(tags["segml.destination"]), as_of,
                int(tags["segml.model_version"]), tags.get("segml.source", "refit"))
+
+
+def _process_alive(tags: dict[str, str], everywhere: bool = False) -> bool:
+    """Whether the process that recorded a run may still be running: alive on this machine, or on another
+    machine, where it cannot be told (unless ``everywhere``: the user says no segml run is going on)."""
+    if tags.get("segml.host") != socket.gethostname():
+        return tags.get("segml.host") is not None and not everywhere
+    return not _process_gone(tags) and tags.get("segml.pid") != str(os.getpid())
 
 
 def _process_gone(tags: dict[str, str]) -> bool:
@@ -126,26 +230,25 @@ def _missing_sqlite(url: str) -> bool:
         and not Path(parsed.database).exists()
 
 
-def settle(config: SegmlConfig) -> list[str]:
+def settle(config: SegmlConfig, everywhere: bool = False) -> list[str]:
     """Bring the database, the files and the alias onto one run after a crash; returns what was done.
 
-    Runs recorded by a process on another machine that is still marked
-    running are left alone: they may be running now.
+    Runs recorded by a process that is still alive are left alone, and so are
+    runs recorded on another machine (they may be running now), unless
+    ``everywhere`` (``segml repair --all-machines``, when no run is going on anywhere).
     """
     done: list[str] = []
     uri = tracking.tracking_uri(config)
-    current_run = None
+    current_run, published_runs = None, set()
     if config.publish.database:
-        url = publish_url(config, dict(os.environ))
-        if _missing_sqlite(url):
-            current = None  # nothing was ever published; do not create the file to find that out
-        else:
-            engine = create_engine(url)
+        current = _current(config)
+        current_run = current["run_id"] if current else None
+        if current is not None:
+            engine = create_engine(publish_url(config, dict(os.environ)))
             try:
-                current = current_publication(engine, config.name)
+                published_runs = publication_runs(engine, config.name)
             finally:
                 engine.dispose()
-        current_run = current["run_id"] if current else None
     else:
         champion = tracking.champion_version(config)
         current_run = None if champion is None else tracking.run_of_version(config, champion)
@@ -153,10 +256,18 @@ def settle(config: SegmlConfig) -> list[str]:
         for run_id, status, tags in tracking.runs_to_settle(config, experiment):
             state = tags.get(tracking.PUBLICATION_TAG)
             if run_id == current_run and state == PENDING:
+                if _process_alive(tags, everywhere):
+                    continue  # it is finishing its publication now
                 _finish_from_record(config, uri, run_id, tags)
                 done.append(f"run {run_id} was committed but not finished: its files, alias and status "
                             "are now in place")
-            elif run_id != current_run and status == "RUNNING" and _process_gone(tags):
+            elif run_id in published_runs and state == PENDING and not _process_alive(tags, everywhere):
+                # Committed, then replaced by a later publication before it finished: history, not current.
+                tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: "superseded"})
+                tracking.set_status(uri, run_id, "FINISHED")
+                done.append(f"run {run_id} was published, then replaced before it finished: marked superseded")
+            elif run_id != current_run and status == "RUNNING" and (
+                    _process_gone(tags) or (everywhere and not _process_alive(tags, everywhere))):
                 never = "before its publication was committed" if state == PENDING else "before it ended"
                 tracking.set_tags(uri, run_id, {
                     "segml.error": f"the process stopped {never}; nothing of this run was published",
@@ -220,11 +331,19 @@ def promote(config: SegmlConfig, run_id: str, reason: str, force: bool = False) 
         catalogue = pd.read_csv(files / "catalogue.csv", dtype=str)
         segments = pd.read_csv(files / "segments.csv", dtype={"segment_id": str})
         catalogue["description"] = catalogue["segment_id"].map(segments.set_index("segment_id")["description"])
-        tracking.set_tags(uri, run_id, {**process_tags(), "segml.promoted_by": getpass.getuser(),
-                                        "segml.promotion_reason": reason,
-                                        "segml.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        tracking.set_tags(uri, run_id, process_tags())
         begin(uri, run_id, as_of, "refit", version, destination)
-        rows = commit(config, as_of, assignments, catalogue, run_id, version, "refit", force)
+        try:
+            rows = commit(config, as_of, assignments, catalogue, run_id, version, "refit", force,
+                          None if force else compared)
+        except BaseException:
+            tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: "abandoned"})
+            raise
+        gate_error = tags.get("segml.error", "")
+        tracking.set_tags(uri, run_id, {"segml.promoted_by": getpass.getuser(), "segml.promotion_reason": reason,
+                                        "segml.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                                        **({"segml.gate_error": gate_error} if gate_error else {})})
+        tracking.delete_tag(uri, run_id, "segml.error")  # published after all: the gate failure is history
         finish(config, uri, run_id, files, destination, as_of, version, "refit")
     log.info("run %s promoted by %s: %s", run_id, getpass.getuser(), reason)
     return {"run_id": run_id, "model_version": version, "as_of": as_of.isoformat(), "rows": rows,

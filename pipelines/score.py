@@ -67,15 +67,17 @@ def score_in_chunks(model: Any, features: pd.DataFrame, chunk: int = SCORE_CHUNK
 
 @task(cache_policy=NO_CACHE)
 def assign_customers(model: Any, published: tracking.Published, features: pd.DataFrame, as_of: dt.date,
-                     run_id: str) -> pd.DataFrame:
-    """Every customer's champion segment, with the previous published segment beside it."""
+                     run_id: str, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every customer's champion segment, with the segment the CRM holds now beside it (``previous``:
+    the current publication's assignments; the champion's own by default)."""
     features = features.sort_index()
     scored = score_in_chunks(model, features)
     table = features.reset_index()
     for column in ("segment_id", "segment_name", "segment_probability"):
         table[column] = scored[column].to_numpy()
     table["as_of"] = as_of
-    return crm_table(table, migrate(published.assignments, table), run_id, published.version)
+    before = published.assignments if previous is None else previous
+    return crm_table(table, migrate(before, table), run_id, published.version)
 
 
 @task(cache_policy=NO_CACHE)
@@ -134,11 +136,14 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
     tracking.set_tags(handle.uri, handle.run_id, publication.process_tags())
     if cfg.engine == "spark":
         return _score_with_spark(cfg, config_path, model, published, as_of, handle)
-    committed = False
+    begun, committed, held_back = False, False, None
     try:
         purchases = load_purchases(cfg, as_of, str(config_path))
         r = purchases.report
-        table = assign_customers(model, published, purchases.features, r.as_of, handle.run_id)
+        if not force:
+            publication.check_date(cfg, r.as_of)
+        previous = publication.crm_assignments(cfg, published)
+        table = assign_customers(model, published, purchases.features, r.as_of, handle.run_id, previous)
         known = table["previous_segment_id"].notna()
         shares = table["segment_id"].value_counts(normalize=True)
         metrics = {"customers": len(table), "customers_new": int((~known).sum()),
@@ -159,16 +164,20 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
             write_results(staging, table, tables)
             tracking.log_artifacts(handle, staging)
             publication.begin(handle.uri, handle.run_id, r.as_of, "score", published.version, destination)
-            if cfg.publish.database:
-                publish_scores(cfg, r.as_of, table, handle.run_id, published.version, force)
+            begun = True
+            refit = None if force else publication.same_day_refit(cfg, r.as_of)
+            if refit is not None:
+                held_back = (f"the refit of {r.as_of} (run {refit}) is published and stays current; this scoring "
+                             "run is recorded and its files written, but not published to the database (score a "
+                             "later date, or use --force)")
+                logger.warning(held_back)
+            if cfg.publish.database and refit is None:
+                publish_scores(cfg, r.as_of, table, handle.run_id, published.version, force,
+                               None if force else published.run_id)
             committed = True
             finish_publication(cfg, handle, staging, destination, r.as_of, published.version, "score")
     except BaseException as exc:
-        if committed:
-            tracking.set_tags(handle.uri, handle.run_id, {
-                "segml.error": f"published, but finishing failed: {exc}; `segml repair` completes it"})
-        else:
-            tracking.end_run(handle, exc)
+        publication.record_failure(handle, exc, begun, committed)
         raise
     logger.info("%d customers scored (%d new) with model version %d; published, files in %s", len(table),
                 metrics["customers_new"], published.version, destination)
@@ -176,15 +185,16 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
             "customers": len(table), "customers_new": metrics["customers_new"],
             "customers_changed": metrics["customers_changed"],
             "output_dir": str(destination), "assignments": str(destination / "assignments.csv"),
-            "published": bool(cfg.publish.database),
+            "published": bool(cfg.publish.database) and held_back is None, "held_back": held_back,
             "segment_counts": counts.to_dict(orient="records")}
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def publish_scores(config: SegmlConfig, as_of: dt.date, table: pd.DataFrame, run_id: str, version: int,
-                   force: bool) -> int:
-    """The commit point of a scoring run: its assignments current in the CRM database."""
-    rows = publication.commit(config, as_of, table, None, run_id, version, "score", force)
+                   force: bool, based_on: str | None = None) -> int:
+    """The commit point of a scoring run: its assignments current in the CRM database (refused when
+    another refit than ``based_on``, whose model scored, was published since)."""
+    rows = publication.commit(config, as_of, table, None, run_id, version, "score", force, based_on)
     get_run_logger().info("published %d scored assignments as of %s", rows, as_of)
     return rows
 

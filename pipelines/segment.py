@@ -155,9 +155,11 @@ def carry_identities(segments: pd.DataFrame, published: tracking.Published | Non
 
 @task(cache_policy=NO_CACHE)
 def compare_with_published(published: tracking.Published | None, assignments: pd.DataFrame,
-                           identity: Identity) -> tuple[Migration, dict[str, float]]:
+                           identity: Identity, config: SegmlConfig) -> tuple[Migration, dict[str, float]]:
     """Migration of customers and drift of features and shares against the published run."""
     previous = published.assignments if published else None
+    if published is not None:
+        previous = publication.crm_assignments(config, published)  # what the CRM holds now
     migration = migrate(previous, assignments)
     shifts = drift(previous, assignments, published.catalogue if published else None, identity.segments)
     return migration, shifts
@@ -321,16 +323,17 @@ def resolve_as_of(as_of: dt.date | None, config: SegmlConfig) -> dt.date | None:
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def publish_database(config: SegmlConfig, as_of: dt.date, assignments: pd.DataFrame, identity: Identity,
-                     run_id: str, version: int, force: bool = False) -> str | None:
+                     run_id: str, version: int, force: bool = False, based_on: str | None = None) -> str | None:
     """The commit point: the assignments and the catalogue in the CRM database in one transaction
-    (without a database, the alias ``champion``)."""
+    (without a database, the alias ``champion``); refused when another refit was published since
+    ``based_on``, the run this one was compared with."""
     import os
 
     from segml.config import publish_url
 
     descriptions = identity.segments.set_index("segment_id")["description"]
     catalogue = identity.catalogue.assign(description=identity.catalogue["segment_id"].map(descriptions))
-    rows = publication.commit(config, as_of, assignments, catalogue, run_id, version, "refit", force)
+    rows = publication.commit(config, as_of, assignments, catalogue, run_id, version, "refit", force, based_on)
     if not config.publish.database:
         return None
     safe = mask_url(publish_url(config, dict(os.environ)))
@@ -378,21 +381,24 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     settle_publications(cfg)
     handle = tracking.start_run(cfg, run_name=f"{cfg.name} as of {as_of or cfg.window.as_of or 'latest'}")
     tracking.set_tags(handle.uri, handle.run_id, publication.process_tags())
-    database, committed = None, False
+    database, begun, committed = None, False, False
     try:
         purchases = load_purchases(cfg, as_of, str(config_path))
         as_of = purchases.report.as_of
         cfg = cfg.model_copy(update={"window": cfg.window.at(as_of)})  # the run's own date, as recorded
+        if not force:
+            publication.check_date(cfg, as_of)  # before fitting: a past date would not be published
         features = purchases.features
         model, candidates = choose_and_fit(features, cfg)
         scored = score_quality(model, candidates, features, cfg)
         published = fetch_champion(cfg)
-        tracking.set_tags(handle.uri, handle.run_id, {"segml.compared_with": published.run_id if published else "none"})
+        compared_with = published.run_id if published else "none"
+        tracking.set_tags(handle.uri, handle.run_id, {"segml.compared_with": compared_with})
         segments = profile_segments(features, scored, cfg, published, model)
         identity = carry_identities(segments, published, model, cfg, as_of)
         segments = identity.segments
         base = build_assignments(features, scored, segments, as_of)
-        migration, shifts = compare_with_published(published, base, identity)
+        migration, shifts = compare_with_published(published, base, identity, cfg)
         metrics = {**run_metrics(purchases, scored, segments), **migration.summary, **shifts}
         gates = evaluate_gates(cfg.gates.thresholds(), metrics, cfg.gates.psi_features or list(cfg.features))
         failed = [g for g in gates if not g.passed]
@@ -419,19 +425,16 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
                     + "; ".join(g.describe() for g in failed)
                     + f". The run is recorded in MLflow ({handle.run_id}) but neither promoted nor published; "
                     f"change the gates in the configuration, look into the data, or publish it after review "
-                    f"with `segml promote {handle.run_id} --reason ...`.")
+                    f"with `segml promote {config_path} {handle.run_id} --reason ...`.")
             # Every file is logged before the commit, so a crash after it can be finished from MLflow.
             publication.begin(handle.uri, handle.run_id, as_of, "refit", version, destination)
-            database = publish_database(cfg, as_of, assignments, identity, handle.run_id, version, force)
+            begun = True
+            database = publish_database(cfg, as_of, assignments, identity, handle.run_id, version, force,
+                                        None if force else compared_with)
             committed = True
             finish_publication(cfg, handle, staging, destination, as_of, version)
     except BaseException as exc:
-        if committed:
-            # Published: the next flow run or `segml repair` finishes it from its logged files.
-            tracking.set_tags(handle.uri, handle.run_id, {
-                "segml.error": f"published, but finishing failed: {exc}; `segml repair` completes it"})
-        else:
-            tracking.end_run(handle, exc)
+        publication.record_failure(handle, exc, begun, committed)
         raise
 
     create_table_artifact(

@@ -236,3 +236,25 @@ def test_a_deterministic_database_error_is_not_retried_and_a_lost_connection_is(
     with pytest.raises(sa.exc.OperationalError) as lost:
         ensure_schema(gone)
     assert is_transient(lost.value)
+
+
+def test_a_run_started_from_an_older_refit_is_not_published_over_a_newer_one(engine):
+    # Two overlapping runs both started from run-1; the first to commit wins, the other is refused.
+    publish_assignments(engine, "shop", AS_OF, assignments(5, run_id="run-1"), CATALOGUE, "run-1", 1, based_on="none")
+    later = dt.date(2024, 2, 1)
+    publish_assignments(engine, "shop", later, assignments(5, later, run_id="run-2"), CATALOGUE, "run-2", 2,
+                        based_on="run-1")
+    with pytest.raises(StalePublicationError, match=r"another refit \(run run-2\) was published after this run "
+                                                    r"started from run run-1: its segment ids"):
+        publish_assignments(engine, "shop", later, assignments(5, later, run_id="run-3"), CATALOGUE, "run-3", 3,
+                            based_on="run-1")
+    with pytest.raises(StalePublicationError, match="the model it scored with"):
+        publish_assignments(engine, "shop", later, assignments(5, later, run_id="score-1"), None, "score-1", 1,
+                            source="score", based_on="run-1")
+    assert current_publication(engine, "shop")["run_id"] == "run-2"
+    # A scoring run of the refit's own date would replace the refit's record.
+    with pytest.raises(StalePublicationError, match="the refit of 2024-02-01 .* is published"):
+        publish_assignments(engine, "shop", later, assignments(5, later, run_id="score-2"), None, "score-2", 2,
+                            source="score", based_on="run-2")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM segml_publications").scalar_one() == 2

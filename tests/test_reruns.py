@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -171,3 +172,16 @@ def test_a_failed_database_publication_publishes_no_files_and_keeps_the_champion
     assert len(failed) == 1
     assert {p: p.read_bytes() for p in published} == published
     assert {p for p in Path(first["output_dir"]).rglob("*") if p.is_file()} == set(published)
+
+
+def test_without_a_database_a_past_date_does_not_move_the_champion_back(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path, publish={"database": False})
+    first = segment_customers(str(config_path))
+    with pytest.raises(SegmlError, match="as of 2024-01-01 .* would move it back in time"):
+        segment_customers(str(config_path), as_of=dt.date(2023, 12, 1))
+    client = _client(config_path)
+    assert client.get_model_version_by_alias("segml-sample", "champion").run_id == first["run_id"]
+    # Refused before fitting: no model version was registered for the refused date.
+    assert len(client.search_model_versions("name = 'segml-sample'")) == 1
+    forced = segment_customers(str(config_path), as_of=dt.date(2023, 12, 1), force=True)
+    assert client.get_model_version_by_alias("segml-sample", "champion").run_id == forced["run_id"]

@@ -45,6 +45,8 @@ def test_scoring_assigns_known_customers_like_the_champion_and_new_ones_in_its_i
     assert set(new["segment_id"]) <= set(champion["segment_id"]) and new["previous_segment_id"].isna().all()
     assert (table["model_version"] == refit["model_version"]).all()
     assert Path(scored["output_dir"]) == Path(load_config(config_path).output.dir) / "sample" / "scores" / "2024-01-01"
+    # The refit of the same date stays the CRM's: the scoring run is recorded, not published over it.
+    assert not scored["published"] and "stays current" in scored["held_back"]
 
 
 @pytest.fixture

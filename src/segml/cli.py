@@ -160,10 +160,13 @@ def score(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, deb
     for row in summary["segment_counts"]:
         table.add_row(row["segment_id"], row["segment_name"], f"{row['customers']:,}")
     out.print(table)
-    out.print(f"{summary['customers_new']:,} customers were not in the published segmentation; "
+    new = summary["customers_new"]
+    out.print(f"{new:,} customer{'' if new == 1 else 's'} not in the published segmentation; "
               f"{summary['customers_changed']:,} changed segment.")
     if summary.get("published"):
         out.print("Published to the CRM database: the current assignments are this scoring run's.")
+    elif summary.get("held_back"):
+        console.print(f"[bold yellow]warning:[/] {summary['held_back']}", highlight=False)
     out.print(f"Results are in {summary['output_dir']}")
 
 
@@ -249,10 +252,11 @@ def target(
 
 @app.command()
 def promote(
+    config: ConfigArg,
     run_id: Annotated[str, typer.Argument(help="The MLflow run id of a recorded run held back by its gates.")],
-    config: Annotated[Path, typer.Option("--config", help="The run's YAML configuration.")],
     reason: Annotated[str, typer.Option("--reason", help="Why the run is published despite its gates.")],
-    force: Annotated[bool, typer.Option("--force", help="Promote even if the champion changed since the run.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote even if the champion changed since the run, or the CRM reads a later date.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Publish a recorded run after review (database, files, champion alias), recording who and why."""
@@ -268,12 +272,17 @@ def promote(
 
 
 @app.command()
-def repair(config: ConfigArg, debug: DebugOpt = False) -> None:
+def repair(
+    config: ConfigArg,
+    all_machines: Annotated[bool, typer.Option(
+        "--all-machines", help="Also settle runs recorded on other machines (when no segml run is going on).")] = False,
+    debug: DebugOpt = False,
+) -> None:
     """Finish or mark what an interrupted run left half done, so the database, files and alias agree."""
     from pipelines.publication import settle
 
     try:
-        done = settle(load_config(config))
+        done = settle(load_config(config), everywhere=all_machines)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     for line in done:

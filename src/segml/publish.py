@@ -248,6 +248,13 @@ def current_publication(engine: sa.Engine, segmentation: str) -> dict | None:
     return dict(row) if row is not None else None
 
 
+def publication_runs(engine: sa.Engine, segmentation: str) -> set[str]:
+    """The run ids of every publication of ``segmentation`` still recorded."""
+    with engine.connect() as connection:
+        return set(connection.execute(sa.select(publications_table.c.run_id).where(
+            publications_table.c.segmentation == segmentation)).scalars())
+
+
 def check_not_stale(current: dict | None, as_of: dt.date, force: bool = False) -> None:
     """Refuse a publication as of ``as_of`` while ``current`` is of a later date, unless ``force``."""
     if current is not None and not force and current["as_of"] > as_of:
@@ -257,10 +264,33 @@ def check_not_stale(current: dict | None, as_of: dt.date, force: bool = False) -
             "this past date on purpose")
 
 
+def check_base(latest_refit: str | None, based_on: str | None, source: str) -> None:
+    """Refuse a publication built on another refit than the last one published (unless ``based_on`` is None).
+
+    A refit matched its ids and computed its migration against the refit published when it started
+    (``based_on``, ``"none"`` for a first run); a scoring run assigns with that refit's model. When
+    another refit was published in between (two runs overlapping), publishing it would reuse ids or
+    serve an older model's segments.
+    """
+    if based_on is None or (latest_refit or "none") == based_on:
+        return
+    what = "its segment ids and migration" if source == "refit" else "the model it scored with"
+    raise StalePublicationError(
+        f"another refit (run {latest_refit}) was published after this run started from run {based_on}: {what} "
+        "would be out of date, so it is not published. Run it again")
+
+
+def _latest_refit(connection: sa.Connection, segmentation: str) -> str | None:
+    return connection.execute(
+        sa.select(publications_table.c.run_id)
+        .where(publications_table.c.segmentation == segmentation, publications_table.c.source == "refit")
+        .order_by(publications_table.c.published_at.desc()).limit(1)).scalar()
+
+
 def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, assignments: pd.DataFrame,
                         catalogue: pd.DataFrame | None, run_id: str, model_version: int,
                         after_chunk: Callable[[int], None] | None = None, source: str = "refit",
-                        force: bool = False) -> int:
+                        force: bool = False, based_on: str | None = None) -> int:
     """Publish one as-of date of a segmentation in one transaction and make it current; returns the
     rows written.
 
@@ -269,8 +299,10 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
     ``last_as_of`` and optionally ``description``), None for a scoring run,
     which leaves the catalogue as it is. ``source`` is ``refit`` or
     ``score``. A current publication of a later as-of date is kept (and
-    :class:`StalePublicationError` raised) unless ``force``. ``after_chunk``
-    is called with the rows written so far after each chunk.
+    :class:`StalePublicationError` raised) unless ``force``, as is a refit of
+    the same date against a scoring run, and a run ``based_on`` another refit
+    than the last one published (:func:`check_base`). ``after_chunk`` is
+    called with the rows written so far after each chunk.
     """
     ensure_schema(engine)
     published_at = dt.datetime.now(dt.UTC)
@@ -282,6 +314,14 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
         current = connection.execute(sa.select(current_table).where(
             current_table.c.segmentation == segmentation)).mappings().first()
         check_not_stale(dict(current) if current is not None else None, as_of, force)
+        if not force:
+            check_base(_latest_refit(connection, segmentation), based_on, source)
+            same_day = connection.execute(sa.select(publications_table.c.source, publications_table.c.run_id).where(
+                publications_table.c.segmentation == segmentation, publications_table.c.as_of == as_of)).first()
+            if source == "score" and same_day is not None and same_day[0] == "refit":
+                raise StalePublicationError(
+                    f"the refit of {as_of} (run {same_day[1]}) is published; a scoring run of the same date would "
+                    "replace its record, so it is not published. Score a later date, or use --force")
         connection.execute(assignments_table.delete().where(assignments_table.c.segmentation == segmentation,
                                                             assignments_table.c.as_of == as_of))
         connection.execute(publications_table.delete().where(publications_table.c.segmentation == segmentation,

@@ -542,3 +542,10 @@ def version_of_run(config: SegmlConfig, run_id: str) -> int | None:
     found = _client(tracking_uri(config)).search_model_versions(
         f"name = '{config.registered_model_name}' and run_id = '{run_id}'")
     return max((int(v.version) for v in found), default=None)
+
+
+def delete_tag(uri: str, run_id: str, key: str) -> None:
+    """Remove a tag from a run, if it has it."""
+    client = _client(uri)
+    if key in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, key)
