@@ -50,9 +50,10 @@ from segml.segmentation import (
     build_assignments,
     describe_segments,
     fit_model,
+    frequency_unit,
     prepare_purchases,
 )
-from segml.validation import REJECTION_REASONS, WINDOW_REASONS
+from segml.validation import REJECTION_REASONS, USED_REASONS, WINDOW_REASONS
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -148,8 +149,8 @@ def carry_identities(segments: pd.DataFrame, published: tracking.Published | Non
     logger = get_run_logger()
     logger.info("segment identity: %s", outcomes)
     for change in renames(identity):
-        logger.info("%s renamed from %r to %r: its median customer no longer fits the old name",
-                    change["segment_id"], change["from"], change["to"])
+        logger.info("%s renamed from %r to %r: %s", change["segment_id"], change["from"], change["to"],
+                    change["why"])
     return identity
 
 
@@ -171,7 +172,7 @@ def run_warnings(purchases: Purchases, model: SegmentModel, config: SegmlConfig)
     warnings = list(getattr(purchases.report, "warnings", []))
     low, high = config.model.k_range
     k = model.n_segments
-    if config.model.n_clusters is None and low < high and k in (low, high):
+    if config.model.n_clusters is None and low < high and (k == high or (k == low and low > 2)):
         side, move = ("lowest", f"lower the first bound of model.k_range (now {low})") if k == low else \
             ("highest", f"raise the second bound of model.k_range (now {high})")
         warnings.append(f"k = {k} is the {side} number of segments tried; a better k may lie outside "
@@ -241,7 +242,7 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
         f"MLflow run {run_id}, model {config.registered_model_name} version {version}.",
         *gate_lines,
         *[f"Renamed: {c['segment_id']} was \u201c{c['from']}\u201d, now \u201c{c['to']}\u201d "
-          "(its median customer no longer fits the old name)." for c in renames(identity)],
+          f"({c['why']})." for c in renames(identity)],
     ]
     if not migration.counts.empty:
         names = dict(zip(identity.catalogue["segment_id"], identity.catalogue["segment_name"]))
@@ -250,9 +251,9 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
         facts.append(f"Against the published run: {ms['customers_in_both']:,.0f} customers in both, "
                      f"{ms['customers_changed']:,.0f} changed segment ({ms['changed_share']:.1%}), "
                      f"{ms['customers_new']:,.0f} new, {ms['customers_lapsed']:,.0f} lapsed.")
-    descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, "": "counted in the features"}
+    descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, **USED_REASONS, "": "counted in the features"}
     pages = [report_pages.summary_page(f"Customer segments: {config.name}", facts, segments,
-                                       config.naming.currency),
+                                       config.naming.currency, frequency_unit(config)),
              *figures.values(),
              report_pages.contract_page(r.as_frame(), descriptions)]
     tables = {

@@ -67,11 +67,22 @@ def test_reordered_segments_keep_their_ids_and_take_their_current_names():
     assert second.segments["segment_name"].tolist() == ["Hibernating", "Champions", "Lost"]
     assert second.matching.set_index("segment_id")["outcome"].to_dict() == {
         "S3": "renamed", "S1": "kept", "S2": "kept"}
-    assert renames(second) == [{"segment_id": "S3", "from": "At risk", "to": "Hibernating"}]
+    assert renames(second) == [{"segment_id": "S3", "from": "At risk", "to": "Hibernating",
+                                "why": "its median customer no longer fits the old name"}]
     s3 = second.catalogue.set_index("segment_id").loc["S3"]
     assert (s3["segment_name"], s3["previous_names"]) == ("Hibernating", "At risk until 2024-01-01")
     s1 = second.catalogue.set_index("segment_id").loc["S1"]
     assert (s1["first_as_of"], s1["last_as_of"]) == ("2024-01-01", "2024-02-01")
+
+
+def test_a_new_qualifier_on_the_same_rule_is_a_rename_with_its_own_reason():
+    first = assign_identities(BASE.assign(rule=["Champions", "Lost", "At risk"]), None, MODEL_FEATURES,
+                              _log_space, 1.0, AS_OF)
+    again = _segments([(5, 20, 3000), (400, 1, 40), (200, 8, 700)],
+                      ["Champions, higher spend", "Lost", "At risk"]).assign(rule=["Champions", "Lost", "At risk"])
+    second = assign_identities(again, first.catalogue, MODEL_FEATURES, _log_space, 1.0, AS_OF)
+    assert renames(second) == [{"segment_id": "S1", "from": "Champions", "to": "Champions, higher spend",
+                                "why": "the segments sharing its rule changed, so it is told apart anew"}]
 
 
 def test_a_new_group_gets_a_new_id_and_a_vanished_one_is_retired_never_reused():

@@ -130,3 +130,35 @@ def test_config_rules_replace_the_built_in_table():
 def test_the_built_in_table_ends_with_a_rule_that_matches_everything():
     last = DEFAULT_RULES[-1]
     assert (last.recency, last.frequency, last.monetary, last.tenure) == ((0, 1),) * 4
+
+
+def test_kept_segments_that_shared_a_rule_keep_it_while_it_holds():
+    # Two long-lapsed segments among six recent ones, both "Lost" before.
+    rows = [(400, 1, 40.0, 420), (390, 1, 30.0, 410)] + [(5 + i, 20, 5000.0, 700) for i in range(6)]
+    features, labels = _customers(rows, repeat=10)
+    profile = profile_segments(features, labels, 8)
+    named = name_segments(profile, features, preferred={0: "Lost", 1: "Lost"})
+    assert named["rule"].tolist()[:2] == ["Lost", "Lost"] and named["segment_name"].is_unique
+    assert contradictions(named) == []
+
+
+def test_identical_segments_are_numbered_not_told_apart_by_invented_differences():
+    features, labels = _customers([(100, 2, 200.0, 300)] * 3, repeat=5)
+    named = name_segments(profile_segments(features, labels, 3), features, preferred={0: "Occasional",
+                                                                                    1: "Occasional",
+                                                                                    2: "Occasional"})
+    assert named["segment_name"].tolist() == ["Occasional (1)", "Occasional (2)", "Occasional (3)"]
+
+
+def test_without_an_order_column_frequency_is_told_in_purchase_days(caplog):
+    features, labels = _customers([(5, 20, 5000.0, 700), (400, 1, 30.0, 420)], repeat=3)
+    named = name_segments(profile_segments(features, labels, 2), features, unit="purchase day")
+    assert "20 purchase days," in named.loc[0, "description"] and "1 purchase day," in named.loc[1, "description"]
+
+
+def test_rules_without_a_catch_all_say_so_and_never_collide_with_a_rule_called_other(caplog):
+    features, labels = _customers([(5, 20, 5000.0, 700), (400, 1, 30.0, 420)], repeat=3)
+    rules = [NamingRule(name="Other", monetary=(0.7, 1))]
+    named = name_segments(profile_segments(features, labels, 2), features, NamingConfig(rules=rules))
+    assert named["segment_name"].tolist() == ["Other", "Unmatched"]
+    assert "fit no rule of naming.rules" in caplog.text

@@ -167,5 +167,5 @@ def test_monthly_backfill_on_online_retail_gives_a_migration_table_per_step(pref
         assert segments["segment_name"].is_unique
         matching = pd.read_csv(Path(step["output_dir"]) / "segment_matching.csv")
         renamed = matching[matching["outcome"] == "renamed"]
-        assert [{"segment_id": r.segment_id, "from": r.previous_segment_name, "to": r.segment_name}
-                for r in renamed.itertuples()] == step["renamed"]
+        assert [{"segment_id": r.segment_id, "from": r.previous_segment_name, "to": r.segment_name,
+                 "why": r.rename_reason} for r in renamed.itertuples()] == step["renamed"]

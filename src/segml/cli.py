@@ -84,8 +84,8 @@ def _print_summary(summary: dict) -> None:
     for row in summary["segments"]:
         out.print(f"  {row['segment_id']} [bold]{row['segment_name']}[/]: {row['description']}", highlight=False)
     for change in summary.get("renamed", []):
-        out.print(f"  {change['segment_id']} renamed from {change['from']!r} to {change['to']!r}: its median "
-                  "customer no longer fits the old name", highlight=False)
+        out.print(f"  {change['segment_id']} renamed from {change['from']!r} to {change['to']!r}: {change['why']}",
+                  highlight=False)
     out.print(f"Lines: {summary['rows_read']:,} read, {summary['rows_used']:,} used, "
               f"{summary['rows_rejected']:,} rejected, {summary['rows_outside_window']:,} outside the window; "
               f"{summary['customers']:,} customers segmented.")

@@ -117,19 +117,24 @@ def assign_identities(segments: pd.DataFrame, previous_catalogue: pd.DataFrame |
     next_number = max(issued, default=0) + 1
 
     pairs = match_segments(segments, active, features, to_space, max_distance)
-    ids, outcomes, before = [], [], []
+    ids, outcomes, before, why = [], [], [], []
     for pair in pairs.itertuples():
         if pair.previous >= 0:
             old = active.iloc[pair.previous]
             ids.append(old["segment_id"])
             before.append(old["segment_name"])
-            outcomes.append("kept" if old["segment_name"] == segments["segment_name"].iloc[pair.current]
-                            else "renamed")
+            renamed = old["segment_name"] != segments["segment_name"].iloc[pair.current]
+            outcomes.append("renamed" if renamed else "kept")
+            same_rule = "rule" in segments and _rule_of(old) == segments["rule"].iloc[pair.current]
+            why.append(None if not renamed else
+                       "the segments sharing its rule changed, so it is told apart anew" if same_rule else
+                       "its median customer no longer fits the old name")
         else:
             ids.append(f"S{next_number}")
             next_number += 1
             before.append(None)
             outcomes.append("new")
+            why.append(None)
     segments["segment_id"] = ids
 
     matched_previous = {int(p) for p in pairs["previous"] if p >= 0}
@@ -140,23 +145,24 @@ def assign_identities(segments: pd.DataFrame, previous_catalogue: pd.DataFrame |
         "outcome": outcomes,
         "previous_segment_id": [active.iloc[p]["segment_id"] if p >= 0 else None for p in pairs["previous"]],
         "previous_segment_name": before,
+        "rename_reason": why,
         "distance": pairs["distance"],
     })
     if len(retired):
         matching = pd.concat([matching, pd.DataFrame({
             "segment_id": retired["segment_id"], "segment_name": retired["segment_name"], "outcome": "retired",
             "previous_segment_id": retired["segment_id"], "previous_segment_name": retired["segment_name"],
-            "distance": np.nan})], ignore_index=True)
+            "rename_reason": None, "distance": np.nan})], ignore_index=True)
 
     catalogue = _next_catalogue(segments, previous_catalogue, retired["segment_id"].tolist(), as_of)
     return Identity(segments=segments, catalogue=catalogue, matching=matching)
 
 
 def renames(identity: Identity) -> list[dict[str, str]]:
-    """The kept segments whose name changed in this run: ``segment_id``, ``from`` and ``to``."""
+    """The kept segments whose name changed in this run: ``segment_id``, ``from``, ``to`` and ``why``."""
     renamed = identity.matching[identity.matching["outcome"] == "renamed"]
-    return [{"segment_id": r.segment_id, "from": r.previous_segment_name, "to": r.segment_name}
-            for r in renamed.itertuples()]
+    return [{"segment_id": r.segment_id, "from": r.previous_segment_name, "to": r.segment_name,
+             "why": r.rename_reason} for r in renamed.itertuples()]
 
 
 def _next_catalogue(segments: pd.DataFrame, previous: pd.DataFrame | None, retired_ids: list[str],

@@ -21,11 +21,15 @@ give the same names.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from segml.config import FEATURES, NamingConfig, NamingRule
+
+log = logging.getLogger(__name__)
 
 _R = NamingRule
 
@@ -123,29 +127,35 @@ def assign_rules(scores: pd.DataFrame, rules: list[NamingRule], preferred: dict[
                  ) -> list[int | None]:
     """The rule (its position in ``rules``) of every segment of ``scores``; None where no rule holds.
 
-    A one-to-one matching (the Hungarian algorithm) over the rules each
-    segment's scores satisfy, maximising in this order: segments keeping
-    their ``preferred`` rule (segment number -> rule name, the name a kept
-    segment had before), rules listed earlier, and how clearly each segment
-    fits its rule. A segment left without a rule of its own (more segments
-    than rules they satisfy) shares the best rule it satisfies.
+    A segment whose ``preferred`` rule (segment number -> rule name, the
+    rule a kept segment was named by before) still holds keeps it. The
+    others are matched one-to-one (the Hungarian algorithm) to the rules
+    left, among those their scores satisfy, maximising in this order: rules
+    listed earlier, and how clearly each segment fits its rule. A segment
+    left without a rule of its own (more segments than rules they satisfy)
+    shares the best rule it satisfies.
     """
     preferred = preferred or {}
     n, m = len(scores), len(rules)
     weight = np.full((n, m), -np.inf)
+    chosen: list[int | None] = [None] * n
     for i, row in enumerate(scores.itertuples(index=False)):
         row = pd.Series(row._asdict())
         keep = preferred.get(int(row["segment"]))
         for j, rule in enumerate(rules):
             if _holds(rule, row):
-                weight[i, j] = (_KEEP if rule.name == keep else 0.0) + _ORDER * (m - j) + _depth(rule, row)
-    chosen: list[int | None] = [None] * n
+                weight[i, j] = _ORDER * (m - j) + _depth(rule, row)
+                if rule.name == keep:
+                    chosen[i] = j  # kept while it holds, even if another kept segment holds it too
     feasible = np.isfinite(weight)
-    if feasible.any():
-        cost = np.where(feasible, -weight, 1e12)
-        for i, j in zip(*linear_sum_assignment(cost)):
-            if feasible[i, j]:
-                chosen[i] = int(j)
+    open_rows = [i for i in range(n) if chosen[i] is None]
+    free = [j for j in range(m) if j not in chosen]
+    if open_rows and free and feasible[np.ix_(open_rows, free)].any():
+        sub = feasible[np.ix_(open_rows, free)]
+        cost = np.where(sub, -weight[np.ix_(open_rows, free)], 1e12)
+        for a, b in zip(*linear_sum_assignment(cost)):
+            if sub[a, b]:
+                chosen[open_rows[a]] = free[b]
     for i in range(n):
         if chosen[i] is None and feasible[i].any():
             chosen[i] = int(np.argmax(weight[i]))
@@ -156,27 +166,30 @@ def _plural(value: float, one: str, many: str) -> str:
     return f"{value:,.0f} {one if round(value) == 1 else many}"
 
 
-def _median_words(score: str, row: pd.Series, currency: str) -> str:
+def _median_words(score: str, row: pd.Series, currency: str, unit: str = "order") -> str:
     """A segment's median on one score in plain words, to tell apart many segments sharing a rule."""
     if score == "recency":
         return f"last bought {_plural(row['median_recency_days'], 'day', 'days')} ago"
     if score == "frequency":
-        return _plural(row["median_frequency"], "order", "orders")
+        return _plural(row["median_frequency"], unit, f"{unit}s")
     if score == "monetary":
         return f"spend {currency}{row['median_monetary']:,.0f}"
     return f"customers for {_plural(row['median_tenure_days'], 'day', 'days')}"
 
 
-def describe(rule: NamingRule, row: pd.Series, currency: str) -> str:
-    """One line in plain words: the rule's description and the median customer's numbers."""
+def describe(rule: NamingRule, row: pd.Series, currency: str, unit: str = "order") -> str:
+    """One line in plain words: the rule's description and the median customer's numbers.
+
+    ``unit`` is what ``frequency`` counts: orders, or purchase days for a source without an order column.
+    """
     facts = (f"typically bought {_plural(row['median_recency_days'], 'day', 'days')} ago, "
-             f"{_plural(row['median_frequency'], 'order', 'orders')}, "
+             f"{_plural(row['median_frequency'], unit, f'{unit}s')}, "
              f"{currency}{row['median_monetary']:,.0f} spent")
     head = rule.description[:1].upper() + rule.description[1:] if rule.description else ""
     return f"{head}: {facts}" if head else facts[:1].upper() + facts[1:]
 
 
-def _qualify(table: pd.DataFrame, currency: str) -> pd.Series:
+def _qualify(table: pd.DataFrame, currency: str, unit: str = "order") -> pd.Series:
     """Names made unique: segments sharing a rule get words for the score on which they differ most."""
     names = table["rule"].copy()
     for name, group in table.groupby("rule"):
@@ -184,6 +197,10 @@ def _qualify(table: pd.DataFrame, currency: str) -> pd.Series:
             continue
         spread = {s: group[s].max() - group[s].min() for s in _SCORE_FEATURE}
         axis = max(spread, key=lambda s: (spread[s], s))
+        if spread[axis] == 0:  # alike on every score: no difference to put in words
+            for number, index in enumerate(group.sort_values("segment").index, start=1):
+                names[index] = f"{name} ({number})"
+            continue
         ranked = group.sort_values([axis, "segment"], ascending=[False, True]).index
         higher, mid, lower, highest, lowest = _QUALIFIERS[axis]
         if len(ranked) == 2:
@@ -191,7 +208,7 @@ def _qualify(table: pd.DataFrame, currency: str) -> pd.Series:
         elif len(ranked) == 3:
             words = [highest, mid, lowest]
         else:
-            words = [highest, *[_median_words(axis, table.loc[i], currency) for i in ranked[1:-1]], lowest]
+            words = [highest, *[_median_words(axis, table.loc[i], currency, unit) for i in ranked[1:-1]], lowest]
         for index, word in zip(ranked, words):
             names[index] = f"{name}, {word}"
     # Two middle segments can read alike once rounded: number the later ones.
@@ -204,12 +221,13 @@ def _qualify(table: pd.DataFrame, currency: str) -> pd.Series:
 
 
 def name_segments(profile: pd.DataFrame, features: pd.DataFrame, config: NamingConfig | None = None,
-                  preferred: dict[int, str] | None = None) -> pd.DataFrame:
+                  preferred: dict[int, str] | None = None, unit: str = "order") -> pd.DataFrame:
     """Give every segment of ``profile`` a unique name and a one-line description.
 
     ``preferred`` maps a segment number to the rule it was named by before
     (a segment kept from the published run): it keeps that rule while its
-    median customer still satisfies it. Returns ``profile`` with the naming
+    median customer still satisfies it. ``unit`` is what ``frequency``
+    counts (``order``, or ``purchase day`` without an order column). Returns ``profile`` with the naming
     scores and the columns ``rule``, ``segment_name`` and ``description``
     added.
     """
@@ -217,10 +235,14 @@ def name_segments(profile: pd.DataFrame, features: pd.DataFrame, config: NamingC
     rules = config.rules or DEFAULT_RULES
     table = profile.merge(score_segments(profile, features), on="segment")
     positions = assign_rules(table, rules, preferred)
-    chosen = [rules[j] if j is not None else NamingRule(name="Other") for j in positions]
+    if None in positions:
+        fallback = "Other" if all(r.name != "Other" for r in rules) else "Unmatched"
+        log.warning("%d segment(s) fit no rule of naming.rules and are called %r; end the rules with one "
+                    "without ranges (a catch-all) to name every segment", positions.count(None), fallback)
+    chosen = [rules[j] if j is not None else NamingRule(name=fallback) for j in positions]
     table["rule"] = [r.name for r in chosen]
-    table["description"] = [describe(r, row, config.currency) for r, (_, row) in zip(chosen, table.iterrows())]
-    table["segment_name"] = _qualify(table, config.currency)
+    table["description"] = [describe(r, row, config.currency, unit) for r, (_, row) in zip(chosen, table.iterrows())]
+    table["segment_name"] = _qualify(table, config.currency, unit)
     return table
 
 

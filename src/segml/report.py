@@ -35,15 +35,16 @@ def _table_page(title: str, frame: pd.DataFrame, notes: list[str] | None = None,
     return fig
 
 
-def summary_page(title: str, facts: list[str], segments: pd.DataFrame, currency: str) -> Figure:
-    """The first page: what was segmented and the segments at a glance."""
+def summary_page(title: str, facts: list[str], segments: pd.DataFrame, currency: str,
+                 unit: str = "order") -> Figure:
+    """The first page: what was segmented and the segments at a glance (``unit``: what frequency counts)."""
     table = pd.DataFrame({
         "segment": [f"{r.segment_id}: {r.segment_name}" for r in segments.itertuples()],
         "customers": [f"{v:,}" for v in segments["size"]],
         "share": [f"{v:.0%}" for v in segments["share"]],
         "revenue": [f"{v:.0%}" for v in segments["revenue_share"]],
         "median recency (days)": [f"{v:,.0f}" for v in segments["median_recency_days"]],
-        "median orders": [f"{v:,.0f}" for v in segments["median_frequency"]],
+        f"median {unit}s": [f"{v:,.0f}" for v in segments["median_frequency"]],
         f"median spend ({currency})": [f"{v:,.0f}" for v in segments["median_monetary"]],
         "homogeneity": [f"{v:.2f}" for v in segments["homogeneity"]],
         "stability": [f"{v:.2f}" for v in segments["stability_jaccard"]],

@@ -136,6 +136,11 @@ def assess_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.D
                    metrics=metrics)
 
 
+def frequency_unit(config: SegmlConfig) -> str:
+    """What ``frequency`` counts: orders, or purchase days when the source has no order column."""
+    return "order" if config.data.columns.order_id else "purchase day"
+
+
 def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig,
                       preferred: dict[int, str] | None = None) -> pd.DataFrame:
     """One row per segment: id, name, description, profile and quality.
@@ -145,7 +150,8 @@ def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConf
     """
     features = features.sort_index()
     k = len(scored.summary)
-    profiles = name_segments(profile_segments(features, scored.labels, k), features, config.naming, preferred)
+    profiles = name_segments(profile_segments(features, scored.labels, k), features, config.naming, preferred,
+                             frequency_unit(config))
     segments = profiles.merge(scored.summary.drop(columns=["size", "share"]), on="segment")
     # Ids of a first segmentation; segml.identity carries ids over from the last published run.
     segments.insert(0, "segment_id", [f"S{s + 1}" for s in segments["segment"]])
