@@ -210,6 +210,9 @@ def test_a_version_1_database_is_migrated_in_place(engine):
             "CREATE VIEW segml_current_assignments AS SELECT a.* FROM segml_assignments a JOIN (SELECT segmentation, "
             "max(as_of) AS as_of FROM segml_publications GROUP BY segmentation) latest "
             "ON a.segmentation = latest.segmentation AND a.as_of = latest.as_of")
+        if engine.dialect.name == "postgresql":  # a CRM's own view on segml's (PostgreSQL keeps it)
+            connection.exec_driver_sql("CREATE VIEW crm_feed AS SELECT customer_id, segment_id "
+                                       "FROM segml_current_assignments")
     assert ensure_schema(engine) == SCHEMA_VERSION == 2
     current = read_current(engine, "shop")
     assert current["customer_id"].tolist() == ["c1"] and current["source"].tolist() == ["refit"]
@@ -217,6 +220,9 @@ def test_a_version_1_database_is_migrated_in_place(engine):
     later = dt.date(2024, 2, 1)
     publish_assignments(engine, "shop", later, assignments(4, later, run_id="run-v2"), CATALOGUE, "run-v2", 2)
     assert set(read_current(engine, "shop")["run_id"]) == {"run-v2"}
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT count(*) FROM crm_feed").scalar_one() == 4
 
 
 def test_a_deterministic_database_error_is_not_retried_and_a_lost_connection_is(engine):

@@ -39,8 +39,10 @@ def test_a_refit_with_another_seed_on_shuffled_rows_keeps_every_id_and_moves_nob
     data_path = load_config(config_path).data.path
     lines = pd.read_csv(data_path, dtype=str)
     write_csv(lines.sample(frac=1.0, random_state=3), Path(data_path))
-    _set(config_path, model={"random_state": 12345})
+    _set(config_path, model={"random_state": 12345}, publish={"changes_file": False})
     second = segment_customers(str(config_path))
+    # The first run's changes.csv does not linger beside the second run's files.
+    assert (Path(first["output_dir"]) / "changes.csv").exists() is False
 
     ids = lambda summary: {(s["segment_id"], s["segment_name"], s["size"]) for s in summary["segments"]}  # noqa: E731
     assert ids(second) == ids(first)

@@ -96,3 +96,19 @@ def test_the_list_keeps_the_published_types(published):
     chosen = select_customers(published, "shop", ["S1"], [])
     assert str(chosen["segment_changed"].dtype) == "boolean"
     assert chosen["as_of"].tolist() == [dt.date(2024, 1, 1)] * 3
+
+
+def test_a_wrong_case_or_a_typo_gets_a_suggestion(published):
+    with pytest.raises(UnknownSegmentError, match=r"did you mean 'champions' → 'Champions'; 'Lots' → 'Lost'"):
+        select_customers(published, "shop", ["champions", "Lots"], [])
+
+
+def test_nothing_published_yet_says_what_to_do(tmp_path):
+    from segml.errors import SegmlError
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with pytest.raises(SegmlError, match="nothing is published for 'shop' yet"):
+            select_customers(engine, "shop", [], [])
+    finally:
+        engine.dispose()

@@ -224,6 +224,7 @@ def target(
 ) -> None:
     """Write a campaign list: current customers of the chosen segments that meet every condition."""
     from segml.config import publish_url
+    from segml.contract import CRM_COLUMNS
     from segml.outputs import write_csv
     from segml.publish import create_engine
     from segml.targeting import parse_condition, select_customers
@@ -232,14 +233,19 @@ def target(
         cfg = load_config(config)
         for condition in where or []:
             parse_condition(condition)  # every condition is checked before the database is touched
-        engine = create_engine(publish_url(cfg, dict(os.environ)))
+        url = publish_url(cfg, dict(os.environ))
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+            raise SegmlError(f"nothing is published for {cfg.name!r} yet (no database at "
+                             f"{url.removeprefix('sqlite:///')}): run `segml run {config}` first")
+        engine = create_engine(url)
         try:
             selected = select_customers(engine, cfg.name, list(segment or []), list(where or []))
         finally:
             engine.dispose()
         if selected.empty and not segment and not where:
             raise SegmlError(f"nothing is published for {cfg.name!r} yet: run `segml run {config}` first")
-        columns = [c for c in selected.columns if c not in ("segmentation", "published_at")]
+        # The columns of assignments.csv, in its order, then where each row came from.
+        columns = [c for c in [*CRM_COLUMNS, "source"] if c in selected.columns]
         write_csv(selected[columns].rename(columns=cfg.publish.column_map), output)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)

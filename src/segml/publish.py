@@ -114,7 +114,16 @@ JOIN segml_current c ON a.segmentation = c.segmentation AND a.as_of = c.as_of
 #: The columns of the published ``segml_assignments`` table (segmentation.ASSIGNMENT_COLUMNS are the frame's).
 TABLE_COLUMNS = [c.name for c in assignments_table.columns]
 
-#: Schema migrations: version -> statements that bring version - 1 up to it.
+def _replace_view(dialect: str) -> list[str]:
+    """Statements that give the current view its new definition. PostgreSQL replaces it in place, so a
+    CRM's own views built on it keep working; SQLite can only drop and create it."""
+    if dialect == "postgresql":
+        return [_CURRENT_VIEW_SQL.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1)]
+    return [f"DROP VIEW {CURRENT_VIEW}", _CURRENT_VIEW_SQL]
+
+
+#: Schema migrations: version -> statements that bring version - 1 up to it (``VIEW`` stands for
+#: :func:`_replace_view`'s statements in the database's dialect).
 MIGRATIONS: dict[int, list[str]] = {
     # 2: the source of every row and publication, and an explicit current publication (the
     # latest as-of date of each segmentation, as version 1's view chose it).
@@ -128,8 +137,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "SELECT p.segmentation, p.as_of, p.run_id, p.model_version, p.source, p.published_at "
         "FROM segml_publications p JOIN (SELECT segmentation, max(as_of) AS as_of FROM segml_publications "
         "GROUP BY segmentation) latest ON p.segmentation = latest.segmentation AND p.as_of = latest.as_of",
-        f"DROP VIEW {CURRENT_VIEW}",
-        _CURRENT_VIEW_SQL,
+        "VIEW",
     ],
 }
 
@@ -177,7 +185,8 @@ def ensure_schema(engine: sa.Engine) -> int:
                              f"({SCHEMA_VERSION}); upgrade segml")
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS.get(step, []):
-                connection.exec_driver_sql(statement)
+                for each in _replace_view(connection.dialect.name) if statement == "VIEW" else [statement]:
+                    connection.exec_driver_sql(each)
             connection.execute(schema_table.insert().values(version=step, applied_at=dt.datetime.now(dt.UTC)))
         return SCHEMA_VERSION
 

@@ -145,10 +145,16 @@ def check_segments(engine: sa.Engine, segmentation: str, segments: list[str]) ->
     words = {w for pair in known for w in pair}
     unknown = [s for s in segments if s not in words]
     if unknown:
+        import difflib
+
         listed = ", ".join(f"{sid} ({name})" for sid, name in known)
+        by_case = {w.casefold(): w for w in words}
+        hints = [f"{u!r} → {by_case.get(u.casefold()) or (difflib.get_close_matches(u, words, 1) or [''])[0]!r}"
+                 for u in unknown if by_case.get(u.casefold()) or difflib.get_close_matches(u, words, 1)]
         raise UnknownSegmentError(
             f"{', '.join(repr(u) for u in unknown)} {'is' if len(unknown) == 1 else 'are'} not a segment id or "
-            f"name of the current {segmentation!r} segmentation; its segments are {listed}")
+            f"name of the current {segmentation!r} segmentation; its segments are {listed}"
+            + (f" (did you mean {'; '.join(hints)}?)" if hints else ""))
 
 
 def select_customers(engine: sa.Engine, segmentation: str, segments: list[str], conditions: list[str]
@@ -162,6 +168,8 @@ def select_customers(engine: sa.Engine, segmentation: str, segments: list[str], 
     view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in TABLE_COLUMNS])
     query = sa.select(view).where(view.c.segmentation == sa.bindparam("segmentation", segmentation))
     comparisons = [c for text in conditions for c in parse_condition(text)]
+    if not sa.inspect(engine).has_table("segml_current"):
+        raise SegmlError(f"nothing is published for {segmentation!r} yet: run `segml run` first")
     check_segments(engine, segmentation, segments)
     if segments:
         query = query.where(sa.or_(view.c.segment_id.in_(segments), view.c.segment_name.in_(segments)))
