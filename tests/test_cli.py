@@ -57,6 +57,8 @@ def test_validate_reports_the_contract_without_fitting(segml_cli, tmp_path):
     assert "Data contract as of 2023-06-01" in result.stdout
     assert "after_as_of" in result.stdout and "The configuration is valid." in result.stdout
     assert not (tmp_path / "mlflow.db").exists()
+    late = segml_cli("validate", str(config), "--as-of", "2026-01-01")
+    assert late.returncode == 0 and "warning: the as-of date 2026-01-01 is 732 days after the last valid" in late.stderr
 
 
 def test_a_data_error_prints_one_message_without_a_traceback(segml_cli, tmp_path):

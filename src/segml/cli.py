@@ -316,6 +316,8 @@ def validate(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) 
     out.print(table)
     out.print(f"{report.rows_read:,} lines read; {len(purchases.features):,} customers to segment, "
               f"{len(purchases.excluded):,} left out. The configuration is valid.")
+    for line in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
 
 
 @app.command()
