@@ -13,6 +13,7 @@ serve the newest publication of either kind.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,9 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
     if cfg.engine == "spark":
         return _score_with_spark(cfg, config_path, model, published, as_of, handle)
     begun, committed, held_back = False, False, None
+    work = Path(tempfile.mkdtemp(prefix="segml-work-"))
     try:
-        purchases = load_purchases(cfg, as_of, str(config_path))
+        purchases = load_purchases(cfg, as_of, str(config_path), work / "rejected_lines.csv")
         r = purchases.report
         if not force:
             publication.check_date(cfg, r.as_of)
@@ -153,7 +155,7 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
                    **{f"share.{s}": v for s, v in shares.items()}}
         counts = (table.groupby(["segment_id", "segment_name"]).size().rename("customers").reset_index())
         destination = publication.destination_of(cfg, r.as_of, "score")
-        tables = {"segment_counts": counts, "contract": r.as_frame(), "rejected_lines": purchases.rejected}
+        tables = {"segment_counts": counts, "contract": r.as_frame(), "rejected_lines": purchases.rejected_table}
         if cfg.publish.changes_file:
             tables["changes"] = table[table["segment_changed"].fillna(True).astype(bool)]
         params = {"as_of": r.as_of.isoformat(), "model_version": str(published.version),
@@ -179,6 +181,8 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
     except BaseException as exc:
         publication.record_failure(handle, exc, begun, committed)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     logger.info("%d customers scored (%d new) with model version %d; published, files in %s", len(table),
                 metrics["customers_new"], published.version, destination)
     return {"run_id": handle.run_id, "model_version": published.version, "as_of": r.as_of.isoformat(),

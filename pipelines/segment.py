@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,11 @@ def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def load_purchases(config: SegmlConfig, as_of: dt.date | None, config_name: str) -> Purchases:
-    """Read the source, apply the data contract and compute the features."""
-    purchases = prepare_purchases(config, as_of=as_of, config_name=config_name)
+def load_purchases(config: SegmlConfig, as_of: dt.date | None, config_name: str,
+                   rejected_file: Path | None = None) -> Purchases:
+    """Read the source, apply the data contract and compute the features; with ``rejected_file`` the
+    rejected lines are streamed to that CSV rather than held in memory."""
+    purchases = prepare_purchases(config, as_of=as_of, config_name=config_name, rejected_file=rejected_file)
     r = purchases.report
     get_run_logger().info(
         "%s lines read: %s used, %s rejected %s, %s outside the window; %s customers as of %s",
@@ -263,7 +266,7 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
             segment_id=segments.set_index("segment")["segment_id"].loc[scored.homogeneity["segment"]].to_numpy(),
             segment_name=segments.set_index("segment")["segment_name"].loc[scored.homogeneity["segment"]].to_numpy()),
         "contract": r.as_frame(),
-        "rejected_lines": purchases.rejected,
+        "rejected_lines": purchases.rejected_table,
         "excluded_customers": purchases.excluded.assign(
             meaning=purchases.excluded["reason"].map(EXCLUSION_REASONS)),
         "catalogue": identity.catalogue,
@@ -383,8 +386,9 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     handle = tracking.start_run(cfg, run_name=f"{cfg.name} as of {as_of or cfg.window.as_of or 'latest'}")
     tracking.set_tags(handle.uri, handle.run_id, publication.process_tags())
     database, begun, committed = None, False, False
+    work = Path(tempfile.mkdtemp(prefix="segml-work-"))
     try:
-        purchases = load_purchases(cfg, as_of, str(config_path))
+        purchases = load_purchases(cfg, as_of, str(config_path), work / "rejected_lines.csv")
         as_of = purchases.report.as_of
         cfg = cfg.model_copy(update={"window": cfg.window.at(as_of)})  # the run's own date, as recorded
         if not force:
@@ -437,6 +441,8 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     except BaseException as exc:
         publication.record_failure(handle, exc, begun, committed)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     create_table_artifact(
         key=_artifact_key(cfg.name),

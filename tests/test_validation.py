@@ -210,3 +210,17 @@ def test_rejected_lines_keep_the_source_values_and_types_exactly(tmp_path):
     expected = source.iloc[1:].reset_index(drop=True)
     assert kept.dtypes.astype(str).tolist()[3:] == ["int32", "float64"]
     pd.testing.assert_frame_equal(kept, expected, check_dtype=False)
+
+
+def test_rejected_lines_streamed_to_a_file_are_the_rejected_lines(tmp_path, hand_lines):
+    # A file of mostly rejected lines used to be held whole in memory as a frame of every rejected line.
+    config = hand_config()
+    in_memory = prepare_purchases(config, frame=hand_lines)
+    streamed = prepare_purchases(config, frame=hand_lines, rejected_file=tmp_path / "rejected_lines.csv")
+    assert streamed.rejected is None and streamed.rejected_table == tmp_path / "rejected_lines.csv"
+    written = pd.read_csv(tmp_path / "rejected_lines.csv", dtype=str, keep_default_na=False)
+    expected = in_memory.rejected.astype(str).replace({"None": "", "nan": ""})
+    assert written["line"].tolist() == expected["line"].tolist()
+    assert written["reason"].tolist() == expected["reason"].tolist()
+    assert written["invoice"].tolist() == expected["invoice"].tolist()
+    assert len(written) == in_memory.report.rows_rejected

@@ -302,9 +302,14 @@ def validate(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) 
     """Check CONFIG and its source (columns, data contract, features) without fitting."""
     from segml.segmentation import prepare_purchases
 
+    import tempfile
+
     try:
         cfg = load_config(config)
-        purchases = prepare_purchases(cfg, as_of=as_of.date() if as_of else None, config_name=str(config))
+        with tempfile.TemporaryDirectory(prefix="segml-validate-") as tmp:
+            # Only the counts are shown: the rejected lines go to a file, never into memory.
+            purchases = prepare_purchases(cfg, as_of=as_of.date() if as_of else None, config_name=str(config),
+                                          rejected_file=Path(tmp) / "rejected_lines.csv")
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     report = purchases.report

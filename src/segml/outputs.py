@@ -161,17 +161,47 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 READ_BACK = frozenset({"catalogue"})
 
 
-def write_results(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> dict[str, Path]:
+def write_csv_batches(reader, path: Path) -> int:
+    """A CSV written batch by batch from an Arrow ``RecordBatchReader`` (as :func:`write_csv` writes a
+    frame, formulas neutralised), so a table of millions of rows never sits in memory whole; returns
+    the rows written."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        options = pacsv.WriteOptions(quoting_style="needed")
+        schema = _neutralise_arrow(reader.schema.empty_table()).schema
+        with pacsv.CSVWriter(str(tmp), schema, write_options=options) as writer:
+            for batch in reader:
+                table = _neutralise_arrow(pa.Table.from_batches([batch], schema=reader.schema))
+                writer.write_table(table.cast(schema) if table.schema != schema else table)
+                rows += batch.num_rows
+
+    write_atomic(path, write)
+    return rows
+
+
+def write_results(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame | Path]
+                  ) -> dict[str, Path]:
     """Write the assignment table (CSV and Parquet) and every other table as CSV into ``folder``.
 
     ``tables`` maps a file stem (``segments``, ``candidates``...) to its
-    frame. Returns the written paths by name.
+    frame, or to a CSV file already written (copied as it is). Returns the
+    written paths by name.
     """
+    import shutil
+
     written = {
         "assignments_csv": write_csv(assignments, folder / "assignments.csv"),
         "assignments_parquet": write_parquet(assignments, folder / "assignments.parquet"),
     }
     for stem, frame in tables.items():
+        if isinstance(frame, Path):
+            written[stem] = write_atomic(folder / f"{stem}.csv", lambda tmp, f=frame: shutil.copyfile(f, tmp))
+            continue
         written[stem] = write_csv(frame, folder / f"{stem}.csv", neutralise_formulas=stem not in READ_BACK)
     return written
 
@@ -186,7 +216,7 @@ def save_figures(folder: Path, figures: dict) -> dict[str, Path]:
     return written
 
 
-def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame],
+def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame | Path],
                 figures: dict, report_pages: list | None = None) -> dict[str, Path]:
     """Render a run's files into ``folder`` (a staging area): tables, plots as PNG, the PDF report.
 

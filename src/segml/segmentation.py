@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -20,9 +21,10 @@ from segml import features as feature_module
 from segml import quality
 from segml.config import SegmlConfig
 from segml.models import SegmentModel, fit_segments
+from segml.outputs import write_csv_batches
 from segml.profiles import name_segments, profile_segments
 from segml.sources import connect, register_frame, register_source
-from segml.validation import ContractReport, classify_lines, rejected_lines
+from segml.validation import ContractReport, classify_lines, rejected_batches, rejected_lines
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,15 @@ class Purchases:
     report: ContractReport
     features: pd.DataFrame
     excluded: pd.DataFrame
-    rejected: pd.DataFrame
+    #: The rejected lines; or, when they were written to a file as they were read (``rejected_file``),
+    #: None: millions of rejected lines are never held in memory.
+    rejected: pd.DataFrame | None
+    rejected_file: Path | None = None
+
+    @property
+    def rejected_table(self) -> pd.DataFrame | Path:
+        """The rejected lines for writing: the file they were streamed to, else the frame."""
+        return self.rejected_file if self.rejected_file is not None else self.rejected
 
 
 @dataclass
@@ -55,12 +65,16 @@ class SegmentationResult:
 
 def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
                       as_of: dt.date | None = None, config_name: str = "the configuration",
-                      con: duckdb.DuckDBPyConnection | None = None) -> Purchases:
+                      con: duckdb.DuckDBPyConnection | None = None,
+                      rejected_file: Path | None = None) -> Purchases:
     """Read the configured source (or ``frame``), apply the data contract and compute features.
 
     ``as_of`` overrides ``window.as_of`` from the configuration. With
-    ``engine: spark`` the same steps run on Spark (:mod:`segml.spark_engine`)
-    and the features are gathered to this process.
+    ``rejected_file`` the rejected lines are written there as CSV a batch at
+    a time instead of being returned as a frame (a file of mostly rejected
+    lines then needs no more memory than a clean one). With ``engine:
+    spark`` the same steps run on Spark (:mod:`segml.spark_engine`) and the
+    features are gathered to this process.
     """
     if config.engine == "spark" and con is None:
         from segml import spark_engine
@@ -77,6 +91,10 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
         features, excluded = feature_module.compute_features(con, report.as_of)
         log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
                  excluded["reason"].value_counts().to_dict())
+        if rejected_file is not None:
+            write_csv_batches(rejected_batches(con), rejected_file)
+            return Purchases(report=report, features=features, excluded=excluded, rejected=None,
+                             rejected_file=rejected_file)
         return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con))
     finally:
         if own:

@@ -559,6 +559,14 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
                         fingerprint=fingerprint)
 
 
+def rejected_batches(con: duckdb.DuckDBPyConnection, batch_rows: int = 100_000):
+    """The rejected lines (as :func:`rejected_lines`) as an Arrow ``RecordBatchReader``, a batch at a time."""
+    relation = con.sql(f"SELECT * FROM {REJECTED} ORDER BY line")
+    if hasattr(relation, "to_arrow_reader"):  # DuckDB 1.4 and later
+        return relation.to_arrow_reader(batch_rows)
+    return relation.record_batch(batch_rows)
+
+
 def rejected_lines(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> pd.DataFrame:
     """The rejected lines with every source column, their line number and reason."""
     limit_sql = f"LIMIT {int(limit)}" if limit is not None else ""
