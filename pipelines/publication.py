@@ -235,6 +235,16 @@ def _missing_sqlite(url: str) -> bool:
         and not Path(parsed.database).exists()
 
 
+PROMOTION_TAGS = ("segml.promoted_by", "segml.promotion_reason", "segml.promoted_at")
+
+
+def _abandon(uri: str, run_id: str) -> None:
+    """A publication that never committed: tagged ``abandoned``, and no promotion claimed."""
+    tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: "abandoned"})
+    for key in PROMOTION_TAGS:
+        tracking.delete_tag(uri, run_id, key)
+
+
 def settle(config: SegmlConfig, everywhere: bool = False) -> list[str]:
     """Bring the database, the files and the alias onto one run after a crash; returns what was done.
 
@@ -271,15 +281,19 @@ def settle(config: SegmlConfig, everywhere: bool = False) -> list[str]:
                 tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: "superseded"})
                 tracking.set_status(uri, run_id, "FINISHED")
                 done.append(f"run {run_id} was published, then replaced before it finished: marked superseded")
-            elif run_id != current_run and status == "RUNNING" and (
+            elif run_id != current_run and (status == "RUNNING" or state == PENDING) and (
                     _process_gone(tags) or (everywhere and not _process_alive(tags, everywhere))):
+                # Never committed. A held-back run whose promotion was cut off keeps its status (FAILED).
                 never = "before its publication was committed" if state == PENDING else "before it ended"
                 tracking.set_tags(uri, run_id, {
-                    "segml.error": f"the process stopped {never}; nothing of this run was published",
-                    **({tracking.PUBLICATION_TAG: "abandoned"} if state == PENDING else {})})
-                tracking.set_status(uri, run_id, "FAILED" if state == PENDING else "KILLED")
+                    "segml.error": f"the process stopped {never}; nothing of this run was published"})
+                if state == PENDING:
+                    _abandon(uri, run_id)
+                marked = "FAILED" if state == PENDING else "KILLED"
+                if status == "RUNNING":
+                    tracking.set_status(uri, run_id, marked)
                 done.append(f"run {run_id} was left {'pending' if state == PENDING else 'running'} by a "
-                            f"process that is gone: marked {'FAILED' if state == PENDING else 'KILLED'}")
+                            f"process that is gone: marked {marked if status == 'RUNNING' else 'abandoned'}")
     if current_run is not None and config.publish.database:
         status, tags, _ = tracking.run_record(uri, current_run)
         if tags.get("segml.source", "refit") == "refit" and tags.get("segml.model_version"):
@@ -336,18 +350,21 @@ def promote(config: SegmlConfig, run_id: str, reason: str, force: bool = False) 
         catalogue = pd.read_csv(files / "catalogue.csv", dtype=str)
         segments = pd.read_csv(files / "segments.csv", dtype={"segment_id": str})
         catalogue["description"] = catalogue["segment_id"].map(segments.set_index("segment_id")["description"])
-        tracking.set_tags(uri, run_id, process_tags())
+        # Who and why go with the intent, so a promotion cut off after its commit still says it;
+        # a promotion that never commits takes them back (here, or in settle after a crash).
+        tracking.set_tags(uri, run_id, {**process_tags(), "segml.promoted_by": getpass.getuser(),
+                                        "segml.promotion_reason": reason,
+                                        "segml.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
         begin(uri, run_id, as_of, "refit", version, destination)
         try:
             rows = commit(config, as_of, assignments, catalogue, run_id, version, "refit", force,
                           None if force else compared)
         except BaseException:
-            tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: "abandoned"})
+            _abandon(uri, run_id)
             raise
         gate_error = tags.get("segml.error", "")
-        tracking.set_tags(uri, run_id, {"segml.promoted_by": getpass.getuser(), "segml.promotion_reason": reason,
-                                        "segml.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                                        **({"segml.gate_error": gate_error} if gate_error else {})})
+        if gate_error:
+            tracking.set_tags(uri, run_id, {"segml.gate_error": gate_error})
         tracking.delete_tag(uri, run_id, "segml.error")  # published after all: the gate failure is history
         finish(config, uri, run_id, files, destination, as_of, version, "refit")
     log.info("run %s promoted by %s: %s", run_id, getpass.getuser(), reason)

@@ -56,8 +56,16 @@ CHILD = textwrap.dedent("""
         publication.publish_folder = then_die(publication.publish_folder)
     elif step == "after_alias":
         tracking.set_champion = then_die(tracking.set_champion)
-    from pipelines.segment import segment_customers
-    segment_customers(config)
+    elif step == "promote_before_commit":
+        publication.commit = die
+    elif step == "promote_after_commit":
+        publication.commit = then_die(publication.commit)
+    if step.startswith("promote"):
+        from segml.config import load_config
+        publication.promote(load_config(config), sys.argv[3], "reviewed by hand")
+    else:
+        from pipelines.segment import segment_customers
+        segment_customers(config)
     sys.exit(3)  # the step was never reached
 """)
 
@@ -91,7 +99,7 @@ def first_run(prefect_harness, tmp_path):
     return config_path, first["run_id"]
 
 
-def _kill_child_at(step: str, config_path: Path) -> None:
+def _kill_child_at(step: str, config_path: Path, *args: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
@@ -99,7 +107,7 @@ def _kill_child_at(step: str, config_path: Path) -> None:
     log = config_path.parent / f"child-{step}.log"
     with log.open("w") as output:
         # A session of its own: the fit's worker processes outlive a killed parent, and are killed with it.
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(config_path), step], env=env, cwd=REPO,
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(config_path), step, *args], env=env, cwd=REPO,
                                  stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = child.wait(timeout=300)
@@ -141,3 +149,29 @@ def test_the_next_flow_run_settles_first(first_run):
     assert (state["database"], state["champion"], state["files"]) == (third["run_id"],) * 3
     assert set(state["statuses"].values()) == {"FINISHED"} and len(state["statuses"]) == 3
 
+
+
+@pytest.mark.parametrize("step, published", [("promote_before_commit", "first"),
+                                             ("promote_after_commit", "held")])
+def test_a_promotion_killed_at_its_commit_converges_too(first_run, step, published):
+    config_path, first_id = first_run
+    raw = yaml.safe_load(config_path.read_text())
+    raw["gates"] = {"min_homogeneity": 0.99}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert segment_customers(str(config_path), return_state=True).is_failed()
+    held = next(r for r in _state(config_path)["statuses"] if r != first_id)
+    _kill_child_at(step, config_path, held)
+    config = load_config(config_path)
+    assert publication.settle(config)
+    state = _state(config_path)
+    expected = first_id if published == "first" else held
+    assert (state["database"], state["champion"], state["files"]) == (expected,) * 3
+    client = MlflowClient(tracking_uri=config.tracking.uri)
+    tags = client.get_run(held).data.tags
+    if published == "first":
+        assert tags["segml.publication"] == "abandoned" and "segml.promoted_by" not in tags
+        assert client.get_run(held).info.status == "FAILED"
+    else:
+        assert tags["segml.publication"] == "complete" and client.get_run(held).info.status == "FINISHED"
+        assert tags["segml.promotion_reason"] == "reviewed by hand"
+    assert publication.settle(config) == []
