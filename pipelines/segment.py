@@ -33,6 +33,7 @@ from segml.identity import (
     Migration,
     assign_identities,
     crm_table,
+    customer_overlap,
     drift,
     evaluate_gates,
     migrate,
@@ -119,13 +120,14 @@ def score_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.Da
 
 @task(cache_policy=NO_CACHE)
 def profile_segments(features: pd.DataFrame, scored: Quality, config: SegmlConfig,
-                     published: tracking.Published | None, model: SegmentModel) -> pd.DataFrame:
+                     published: tracking.Published | None, model: SegmentModel,
+                     overlap: pd.DataFrame | None) -> pd.DataFrame:
     """Profiles and names; a segment matching a published one keeps its name while it still holds."""
     unnamed = describe_segments(features, scored, config)
     if published is None:
         return unnamed
     preferred = previous_rules(unnamed, published.catalogue, model.features, model.transform,
-                               config.identity.max_distance)
+                               config.identity.max_distance, overlap, config.identity.min_overlap)
     return describe_segments(features, scored, config, preferred) if preferred else unnamed
 
 
@@ -144,10 +146,12 @@ def fetch_champion(config: SegmlConfig) -> tracking.Published | None:
 
 @task(cache_policy=NO_CACHE)
 def carry_identities(segments: pd.DataFrame, published: tracking.Published | None, model: SegmentModel,
-                     config: SegmlConfig, as_of: dt.date) -> Identity:
-    """Keep the ids and names of segments that match the published ones; new ids for the others."""
+                     config: SegmlConfig, as_of: dt.date, overlap: pd.DataFrame | None) -> Identity:
+    """Keep the ids of segments that match the published ones (by shared customers, then medians);
+    new ids for the others."""
     identity = assign_identities(segments, published.catalogue if published else None, model.features,
-                                 model.transform, config.identity.max_distance, as_of)
+                                 model.transform, config.identity.max_distance, as_of, overlap,
+                                 config.identity.min_overlap)
     outcomes = identity.matching["outcome"].value_counts().to_dict()
     logger = get_run_logger()
     logger.info("segment identity: %s", outcomes)
@@ -399,8 +403,10 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         published = fetch_champion(cfg)
         compared_with = published.run_id if published else "none"
         tracking.set_tags(handle.uri, handle.run_id, {"segml.compared_with": compared_with})
-        segments = profile_segments(features, scored, cfg, published, model)
-        identity = carry_identities(segments, published, model, cfg, as_of)
+        overlap = (customer_overlap(published.assignments, features.sort_index().index, scored.labels)
+                   if published is not None else None)
+        segments = profile_segments(features, scored, cfg, published, model, overlap)
+        identity = carry_identities(segments, published, model, cfg, as_of, overlap)
         segments = identity.segments
         base = build_assignments(features, scored, segments, as_of)
         migration, shifts = compare_with_published(published, base, identity, cfg)

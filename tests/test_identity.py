@@ -14,6 +14,7 @@ from segml.identity import (
     evaluate_gates,
     migrate,
     population_stability,
+    customer_overlap,
     previous_rules,
     renames,
     with_migration,
@@ -183,3 +184,18 @@ def test_the_psi_gate_looks_only_at_the_model_features_and_names_the_one_that_dr
 
 def test_changed_share_gate_is_skipped_on_a_first_run():
     assert evaluate_gates({"max_changed_share": 0.1}, {"homogeneity": 0.7}) == []
+
+
+def test_segments_that_keep_their_customers_keep_their_ids_when_their_medians_move():
+    # A month later with no new purchases: every recency is 31 days longer, so the medians move far in
+    # log space (13 -> 44 days), but every segment has the same customers.
+    first = assign_identities(BASE, None, MODEL_FEATURES, _log_space, 1.0, AS_OF)
+    aged = _segments([(36, 20, 3000), (431, 1, 40), (231, 8, 700)], ["Champions", "Lost", "At risk"])
+    previous = pd.DataFrame({"customer_id": [f"c{i}" for i in range(300)],
+                             "segment_id": ["S1"] * 100 + ["S2"] * 100 + ["S3"] * 100})
+    overlap = customer_overlap(previous, pd.Index([f"c{i}" for i in range(300)]), np.repeat([0, 1, 2], 100))
+    by_distance = assign_identities(aged, first.catalogue, MODEL_FEATURES, _log_space, 0.3, AS_OF)
+    assert (by_distance.matching["outcome"] == "new").sum() >= 1  # the medians alone lose a segment
+    by_customers = assign_identities(aged, first.catalogue, MODEL_FEATURES, _log_space, 0.3, AS_OF, overlap)
+    assert by_customers.segments["segment_id"].tolist() == ["S1", "S2", "S3"]
+    assert by_customers.matching["customer_overlap"].tolist() == [1.0, 1.0, 1.0]

@@ -187,3 +187,14 @@ def test_without_a_database_a_past_date_does_not_move_the_champion_back(prefect_
     assert len(client.search_model_versions("name = 'segml-sample'")) == 1
     forced = segment_customers(str(config_path), as_of=dt.date(2023, 12, 1), force=True)
     assert client.get_model_version_by_alias("segml-sample", "champion").run_id == forced["run_id"]
+
+
+def test_a_month_later_without_new_purchases_keeps_every_id(prefect_harness, tmp_path):
+    # Everyone only ages by a month: the medians move (recency grows), the segments' customers do not.
+    config_path = write_flow_config(tmp_path)
+    first = segment_customers(str(config_path))
+    later = segment_customers(str(config_path), as_of=dt.date(2024, 2, 1))
+    assert {s["segment_id"] for s in later["segments"]} <= {s["segment_id"] for s in first["segments"]}
+    matching = pd.read_csv(Path(later["output_dir"]) / "segment_matching.csv")
+    assert "new" not in set(matching["outcome"])
+    assert later["migration"]["changed_share"] < 0.2

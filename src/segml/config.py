@@ -316,9 +316,12 @@ class TrackingConfig(_Strict):
 
 
 class IdentityConfig(_Strict):
-    """Matching a run's segments to the last published ones."""
+    """Matching a run's segments to the last published ones: a pair keeps its id when its median
+    customers are within ``max_distance`` (model space) or it shares at least ``min_overlap`` of its
+    customers (Jaccard index among customers in both runs)."""
 
     max_distance: float = Field(1.0, gt=0)
+    min_overlap: float = Field(0.5, gt=0, le=1)
 
 
 class GatesConfig(_Strict):

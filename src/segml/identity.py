@@ -50,28 +50,62 @@ class Identity:
     matching: pd.DataFrame      # one row per current and per previous active segment: pair, distance, outcome
 
 
+def customer_overlap(previous: pd.DataFrame, customers: pd.Index, labels: np.ndarray) -> pd.DataFrame:
+    """Customers in both runs, by previous ``segment_id`` (rows) and current segment number (columns).
+
+    ``previous`` is the published assignment table (``customer_id``,
+    ``segment_id``); ``customers`` and ``labels`` are this run's customers and
+    their segment numbers.
+    """
+    before = pd.Series(previous["segment_id"].to_numpy(), index=previous["customer_id"].astype(str).to_numpy())
+    now = pd.Series(labels, index=customers.astype(str))
+    both = now.index.intersection(before.index)
+    return pd.crosstab(before.loc[both].to_numpy(), now.loc[both].to_numpy()).rename_axis(
+        index="previous_segment_id", columns="segment")
+
+
 def match_segments(current: pd.DataFrame, previous: pd.DataFrame, features: list[str],
-                   to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float) -> pd.DataFrame:
-    """Optimal one-to-one matching of current to previous segments on median-customer distance.
+                   to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float,
+                   overlap: pd.DataFrame | None = None, min_overlap: float = 0.5) -> pd.DataFrame:
+    """Optimal one-to-one matching of current to previous segments.
 
     ``current`` and ``previous`` hold ``median_<feature>`` columns (original
-    units); ``to_space`` maps a frame of features to the model's space.
-    Returns one row per current segment (``index`` position in ``current``)
-    with the matched previous position (or -1) and the distance.
+    units); ``to_space`` maps a frame of features to the model's space. With
+    ``overlap`` (:func:`customer_overlap`) segments are matched first by the
+    customers they share (Jaccard index among customers in both runs), the
+    distance between median customers breaking ties; a pair is kept when it
+    shares at least ``min_overlap`` of its customers or its medians are
+    within ``max_distance``. So a segment whose customers simply aged by a
+    month (every recency a month longer) keeps its id. Without ``overlap``,
+    the distance alone decides. Returns one row per current segment
+    (``index`` position in ``current``) with the matched previous position
+    (or -1), the distance and the overlap.
     """
     def medians(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[[f"median_{f}" for f in features]].set_axis(features, axis=1).reset_index(drop=True)
 
     a = to_space(medians(current))
-    out = pd.DataFrame({"current": np.arange(len(current)), "previous": -1, "distance": np.nan})
+    out = pd.DataFrame({"current": np.arange(len(current)), "previous": -1, "distance": np.nan,
+                        "overlap": np.nan})
     if len(previous) == 0:
         return out
     b = to_space(medians(previous))
-    cost = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+    distance = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+    keep = distance <= max_distance
+    cost = distance
+    jaccard = np.full(distance.shape, np.nan)
+    if overlap is not None and len(overlap):
+        shared = overlap.reindex(index=previous["segment_id"].to_numpy(), columns=current["segment"].to_numpy(),
+                                 fill_value=0).to_numpy(dtype=float).T      # current x previous
+        union = shared.sum(axis=1, keepdims=True) + shared.sum(axis=0, keepdims=True) - shared
+        jaccard = np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+        keep = keep | (jaccard >= min_overlap)
+        cost = (1.0 - jaccard) + 1e-3 * distance
     rows, cols = linear_sum_assignment(cost)
     for r, c in zip(rows, cols):
-        out.loc[r, "distance"] = cost[r, c]
-        if cost[r, c] <= max_distance:
+        out.loc[r, "distance"] = distance[r, c]
+        out.loc[r, "overlap"] = jaccard[r, c]
+        if keep[r, c]:
             out.loc[r, "previous"] = c
     return out
 
@@ -92,18 +126,19 @@ def _rule_of(row: pd.Series) -> str:
 
 
 def previous_rules(segments: pd.DataFrame, previous_catalogue: pd.DataFrame | None, features: list[str],
-                   to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float) -> dict[int, str]:
+                   to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float,
+                   overlap: pd.DataFrame | None = None, min_overlap: float = 0.5) -> dict[int, str]:
     """The rule each of the run's segments was named by, for segments that match a published one
     (segment number -> rule); the naming keeps it while it still holds."""
     active = _active(previous_catalogue)
-    pairs = match_segments(segments, active, features, to_space, max_distance)
+    pairs = match_segments(segments, active, features, to_space, max_distance, overlap, min_overlap)
     return {int(segments["segment"].iloc[r.current]): _rule_of(active.iloc[r.previous])
             for r in pairs.itertuples() if r.previous >= 0}
 
 
 def assign_identities(segments: pd.DataFrame, previous_catalogue: pd.DataFrame | None, features: list[str],
                       to_space: Callable[[pd.DataFrame], np.ndarray], max_distance: float,
-                      as_of: dt.date) -> Identity:
+                      as_of: dt.date, overlap: pd.DataFrame | None = None, min_overlap: float = 0.5) -> Identity:
     """Give the run's segments stable ids against the previous catalogue.
 
     ``segments`` is the run's segment table (``segment`` numbers, current
@@ -116,7 +151,7 @@ def assign_identities(segments: pd.DataFrame, previous_catalogue: pd.DataFrame |
     issued = [segment_number(s) for s in previous_catalogue["segment_id"]] if previous_catalogue is not None else []
     next_number = max(issued, default=0) + 1
 
-    pairs = match_segments(segments, active, features, to_space, max_distance)
+    pairs = match_segments(segments, active, features, to_space, max_distance, overlap, min_overlap)
     ids, outcomes, before, why = [], [], [], []
     for pair in pairs.itertuples():
         if pair.previous >= 0:
@@ -147,12 +182,13 @@ def assign_identities(segments: pd.DataFrame, previous_catalogue: pd.DataFrame |
         "previous_segment_name": before,
         "rename_reason": why,
         "distance": pairs["distance"],
+        "customer_overlap": pairs["overlap"],
     })
     if len(retired):
         matching = pd.concat([matching, pd.DataFrame({
             "segment_id": retired["segment_id"], "segment_name": retired["segment_name"], "outcome": "retired",
             "previous_segment_id": retired["segment_id"], "previous_segment_name": retired["segment_name"],
-            "rename_reason": None, "distance": np.nan})], ignore_index=True)
+            "rename_reason": None, "distance": np.nan, "customer_overlap": np.nan})], ignore_index=True)
 
     catalogue = _next_catalogue(segments, previous_catalogue, retired["segment_id"].tolist(), as_of)
     return Identity(segments=segments, catalogue=catalogue, matching=matching)
