@@ -162,3 +162,14 @@ def test_rules_without_a_catch_all_say_so_and_never_collide_with_a_rule_called_o
     named = name_segments(profile_segments(features, labels, 2), features, NamingConfig(rules=rules))
     assert named["segment_name"].tolist() == ["Other", "Unmatched"]
     assert "fit no rule of naming.rules" in caplog.text
+
+
+def test_the_most_champion_like_segment_is_called_champions():
+    # Both top segments satisfy Champions; the one further inside its bounds takes it, the other the
+    # next rule it satisfies.
+    rows = [(60, 6, 300.0, 500), (5, 30, 20000.0, 700), (300, 1, 20.0, 300), (400, 1, 15.0, 420),
+            (200, 2, 40.0, 300)]
+    features, labels = _customers(rows, repeat=10)
+    named = name_segments(profile_segments(features, labels, 5), features)
+    assert named.loc[1, "segment_name"] == "Champions" and named.loc[0, "rule"] != "Champions"
+    assert contradictions(named) == []

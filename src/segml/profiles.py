@@ -9,14 +9,14 @@ population on four scores between 0 and 1 (mid-rank percentiles):
 
 A segment may take a rule of :data:`DEFAULT_RULES` (or of ``naming.rules``)
 only when its four scores lie in that rule's ranges, so a name never
-contradicts its median customer. Names are given to the segments as a whole:
-a one-to-one matching of segments to rules (:func:`assign_rules`) that keeps a
-segment's previous rule while it still holds, prefers the rules listed first,
-and gives a contested rule to the segment that fits it most clearly. Only
-when there are more segments than rules they fit do segments share a rule;
-they are then told apart in plain words on the score that separates them
-("Champions, higher spend" / "Champions, lower spend"). The same scores always
-give the same names.
+contradicts its median customer. Names are given to the segments as a whole
+(:func:`assign_rules`): a segment keeps its previous rule while it still
+holds; then each rule, in table order, goes to the segment that satisfies it
+most clearly, so names are distinct while rules that hold are free. Only
+when there are more segments than rules they satisfy do segments share a
+rule; they are then told apart in plain words on the score that separates
+them ("Champions, higher spend" / "Champions, lower spend"). The same scores
+always give the same names.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 from segml.config import FEATURES, NamingConfig, NamingRule
 
@@ -62,9 +61,9 @@ _QUALIFIERS = {
     "monetary": ("higher spend", "mid spend", "lower spend", "highest spend", "lowest spend"),
     "tenure": ("longer-standing", "mid tenure", "newer", "longest-standing", "newest"),
 }
-#: Weights of the matching: keeping a previous rule outweighs everything else, then a rule's place
-#: in the table, then how clearly the segment fits it.
-_KEEP, _ORDER = 1_000.0, 10.0
+#: Weight of a rule's place in the table against how clearly a segment fits it (at most about 1.1):
+#: a segment left to share takes the first rule it satisfies.
+_ORDER = 10.0
 
 
 
@@ -128,17 +127,18 @@ def assign_rules(scores: pd.DataFrame, rules: list[NamingRule], preferred: dict[
     """The rule (its position in ``rules``) of every segment of ``scores``; None where no rule holds.
 
     A segment whose ``preferred`` rule (segment number -> rule name, the
-    rule a kept segment was named by before) still holds keeps it. The
-    others are matched one-to-one (the Hungarian algorithm) to the rules
-    left, among those their scores satisfy, maximising in this order: rules
-    listed earlier, and how clearly each segment fits its rule. A segment
-    left without a rule of its own (more segments than rules they satisfy)
-    shares the best rule it satisfies.
+    rule a kept segment was named by before) still holds keeps it. Then each
+    rule left, in table order, goes to the segment without a name that
+    satisfies it most clearly (furthest inside its bounds), so the most
+    champion-like segment is "Champions" and the next one takes the next rule
+    it satisfies. A segment left without a rule of its own (more segments
+    than rules they satisfy) shares the first rule it satisfies.
     """
     preferred = preferred or {}
     n, m = len(scores), len(rules)
     weight = np.full((n, m), -np.inf)
     chosen: list[int | None] = [None] * n
+    kept: set[int] = set()
     for i, row in enumerate(scores.itertuples(index=False)):
         row = pd.Series(row._asdict())
         keep = preferred.get(int(row["segment"]))
@@ -147,18 +147,35 @@ def assign_rules(scores: pd.DataFrame, rules: list[NamingRule], preferred: dict[
                 weight[i, j] = _ORDER * (m - j) + _depth(rule, row)
                 if rule.name == keep:
                     chosen[i] = j  # kept while it holds, even if another kept segment holds it too
+                    kept.add(i)
     feasible = np.isfinite(weight)
-    open_rows = [i for i in range(n) if chosen[i] is None]
-    free = [j for j in range(m) if j not in chosen]
-    if open_rows and free and feasible[np.ix_(open_rows, free)].any():
-        sub = feasible[np.ix_(open_rows, free)]
-        cost = np.where(sub, -weight[np.ix_(open_rows, free)], 1e12)
-        for a, b in zip(*linear_sum_assignment(cost)):
-            if sub[a, b]:
-                chosen[open_rows[a]] = free[b]
+    # Each free rule, in table order, goes to the unnamed segment that fits it most clearly: the
+    # segment that is most a "Champion" is called Champions, whatever that leaves for the others.
+    for j in range(m):
+        if j in chosen:
+            continue
+        candidates = [i for i in range(n) if chosen[i] is None and feasible[i, j]]
+        if candidates:
+            chosen[max(candidates, key=lambda i: (weight[i, j], -i))] = j
     for i in range(n):
         if chosen[i] is None and feasible[i].any():
             chosen[i] = int(np.argmax(weight[i]))
+    # A segment sharing a rule moves to a free rule it satisfies (the one that fits its rule least
+    # first), so no rule is shared while another that holds is free; kept names stay.
+    moved = True
+    while moved:
+        moved = False
+        for j in {c for c in chosen if c is not None}:
+            members = [i for i in range(n) if chosen[i] == j and i not in kept]
+            if len([i for i in range(n) if chosen[i] == j]) < 2:
+                continue
+            for i in sorted(members, key=lambda i: weight[i, j]):
+                free = [k for k in range(m) if k not in chosen and feasible[i, k]]
+                if free:
+                    chosen[i], moved = free[0], True
+                    break
+            if moved:
+                break
     return chosen
 
 
