@@ -177,20 +177,28 @@ def record_failure(handle: tracking.RunHandle, error: BaseException, begun: bool
     tracking.end_run(handle, error)
 
 
+FILES_ONLY = "files_only"
+
+
 def finish(config: SegmlConfig, uri: str, run_id: str, files: Path, destination: Path, as_of: dt.date,
-           version: int, source: str) -> None:
-    """Steps 3 and 4: the files into the output folder, the alias, the run complete and finished."""
+           version: int, source: str, database: bool = True) -> None:
+    """Steps 3 and 4: the files into the output folder, the alias, the run complete and finished.
+
+    ``database`` False: the run's files are published but not its rows (a scoring run of the published
+    refit's date, or no database configured); the run says so (``files_only``).
+    """
     published = publish_folder(files, destination)
     # A file an earlier run of this date wrote and this one did not (say, changes.csv once switched off)
     # would sit beside this run's files as if it were one of them.
     for stale in [p for p in destination.rglob("*") if p.is_file()]:
         if str(stale.relative_to(destination)) not in published and stale.name != MARKER:
             stale.unlink()
-    record = {"run_id": run_id, "model_version": version, "as_of": as_of.isoformat(), "source": source}
+    record = {"run_id": run_id, "model_version": version, "as_of": as_of.isoformat(), "source": source,
+              "in_database": database}
     write_atomic(destination / MARKER, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     if source == "refit":
         tracking.set_champion(config, run_id, version)
-    tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: COMPLETE})
+    tracking.set_tags(uri, run_id, {tracking.PUBLICATION_TAG: COMPLETE if database else FILES_ONLY})
     tracking.set_status(uri, run_id, "FINISHED")
 
 

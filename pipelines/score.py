@@ -177,14 +177,17 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
                 publish_scores(cfg, r.as_of, table, handle.run_id, published.version, force,
                                None if force else published.run_id)
             committed = True
-            finish_publication(cfg, handle, staging, destination, r.as_of, published.version, "score")
+            finish_publication(cfg, handle, staging, destination, r.as_of, published.version, "score",
+                               cfg.publish.database and refit is None)
     except BaseException as exc:
         publication.record_failure(handle, exc, begun, committed)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    logger.info("%d customers scored (%d new) with model version %d; published, files in %s", len(table),
-                metrics["customers_new"], published.version, destination)
+    logger.info("%d customers scored (%d new) with model version %d; %s, files in %s", len(table),
+                metrics["customers_new"], published.version,
+                "published" if cfg.publish.database and held_back is None else "not published to the database",
+                destination)
     return {"run_id": handle.run_id, "model_version": published.version, "as_of": r.as_of.isoformat(),
             "customers": len(table), "customers_new": metrics["customers_new"],
             "customers_changed": metrics["customers_changed"],

@@ -351,9 +351,10 @@ def publish_database(config: SegmlConfig, as_of: dt.date, assignments: pd.DataFr
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def finish_publication(config: SegmlConfig, handle: tracking.RunHandle, staging: Path, destination: Path,
-                       as_of: dt.date, version: int, source: str = "refit") -> None:
+                       as_of: dt.date, version: int, source: str = "refit", database: bool = True) -> None:
     """After the commit: the files into the output folder, the alias, the run finished."""
-    publication.finish(config, handle.uri, handle.run_id, staging, destination, as_of, version, source)
+    publication.finish(config, handle.uri, handle.run_id, staging, destination, as_of, version, source,
+                       database)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
@@ -443,7 +444,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
             database = publish_database(cfg, as_of, assignments, identity, handle.run_id, version, force,
                                         None if force else compared_with)
             committed = True
-            finish_publication(cfg, handle, staging, destination, as_of, version)
+            finish_publication(cfg, handle, staging, destination, as_of, version, "refit", cfg.publish.database)
     except BaseException as exc:
         publication.record_failure(handle, exc, begun, committed)
         raise

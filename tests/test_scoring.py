@@ -47,6 +47,10 @@ def test_scoring_assigns_known_customers_like_the_champion_and_new_ones_in_its_i
     assert Path(scored["output_dir"]) == Path(load_config(config_path).output.dir) / "sample" / "scores" / "2024-01-01"
     # The refit of the same date stays the CRM's: the scoring run is recorded, not published over it.
     assert not scored["published"] and "stays current" in scored["held_back"]
+    import json
+
+    marker = json.loads((Path(scored["output_dir"]) / "publication.json").read_text())
+    assert marker["in_database"] is False and marker["source"] == "score"
 
 
 @pytest.fixture

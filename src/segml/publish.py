@@ -268,7 +268,7 @@ def check_not_stale(current: dict | None, as_of: dt.date, force: bool = False) -
     """Refuse a publication as of ``as_of`` while ``current`` is of a later date, unless ``force``."""
     if current is not None and not force and current["as_of"] > as_of:
         raise StalePublicationError(
-            f"the CRM reads the publication as of {current['as_of']} (run {current['run_id']}); a publication "
+            f"the current publication is as of {current['as_of']} (run {current['run_id']}); a publication "
             f"as of {as_of} would move it back in time, so it is not made. Rerun with --force to publish "
             "this past date on purpose")
 

@@ -43,13 +43,14 @@ def summary_page(title: str, facts: list[str], segments: pd.DataFrame, currency:
         "customers": [f"{v:,}" for v in segments["size"]],
         "share": [f"{v:.0%}" for v in segments["share"]],
         "revenue": [f"{v:.0%}" for v in segments["revenue_share"]],
-        "median recency (days)": [f"{v:,.0f}" for v in segments["median_recency_days"]],
-        f"median {unit}s": [f"{v:,.0f}" for v in segments["median_frequency"]],
-        f"median spend ({currency})": [f"{v:,.0f}" for v in segments["median_monetary"]],
+        "days since": [f"{v:,.0f}" for v in segments["median_recency_days"]],
+        f"{unit}s": [f"{v:,.0f}" for v in segments["median_frequency"]],
+        f"spend ({currency})": [f"{v:,.0f}" for v in segments["median_monetary"]],
         "homogeneity": [f"{v:.2f}" for v in segments["homogeneity"]],
         "stability": [f"{v:.2f}" for v in segments["stability_jaccard"]],
     })
-    notes = facts + [""] + [f"{r.segment_name}: {r.description}." for r in segments.itertuples()]
+    notes = facts + [""] + [f"{r.segment_name}: {r.description}." for r in segments.itertuples()] + [
+        "", f"Days since the last purchase, {unit}s and spend in the table are the segment's median customer's."]
     return _table_page(title, table, notes, col_widths=[0.22, 0.08, 0.06, 0.07, 0.13, 0.1, 0.12, 0.1, 0.08])
 
 
