@@ -173,3 +173,10 @@ def test_the_most_champion_like_segment_is_called_champions():
     named = name_segments(profile_segments(features, labels, 5), features)
     assert named.loc[1, "segment_name"] == "Champions" and named.loc[0, "rule"] != "Champions"
     assert contradictions(named) == []
+
+
+def test_segments_alike_on_every_score_take_the_same_rule():
+    features, labels = _customers([(100, 2, 200.0, 300)] * 3 + [(5, 20, 5000.0, 700)], repeat=5)
+    named = name_segments(profile_segments(features, labels, 4), features)
+    assert named["rule"].iloc[:3].nunique() == 1
+    assert named["segment_name"].iloc[:3].str.endswith(("(1)", "(2)", "(3)")).all()

@@ -156,7 +156,10 @@ def assign_rules(scores: pd.DataFrame, rules: list[NamingRule], preferred: dict[
             continue
         candidates = [i for i in range(n) if chosen[i] is None and feasible[i, j]]
         if candidates:
-            chosen[max(candidates, key=lambda i: (weight[i, j], -i))] = j
+            best = max(candidates, key=lambda i: (weight[i, j], -i))
+            for i in candidates:  # segments alike on every score take the same rule
+                if i == best or scores.iloc[i][list(_SCORE_FEATURE)].equals(scores.iloc[best][list(_SCORE_FEATURE)]):
+                    chosen[i] = j
     for i in range(n):
         if chosen[i] is None and feasible[i].any():
             chosen[i] = int(np.argmax(weight[i]))
@@ -167,7 +170,9 @@ def assign_rules(scores: pd.DataFrame, rules: list[NamingRule], preferred: dict[
         moved = False
         for j in {c for c in chosen if c is not None}:
             members = [i for i in range(n) if chosen[i] == j and i not in kept]
-            if len([i for i in range(n) if chosen[i] == j]) < 2:
+            holders = [i for i in range(n) if chosen[i] == j]
+            alike = len(scores.iloc[holders][list(_SCORE_FEATURE)].drop_duplicates()) == 1
+            if len(holders) < 2 or alike:
                 continue
             for i in sorted(members, key=lambda i: weight[i, j]):
                 free = [k for k in range(m) if k not in chosen and feasible[i, k]]
