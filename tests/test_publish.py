@@ -258,6 +258,9 @@ def test_a_run_started_from_an_older_refit_is_not_published_over_a_newer_one(eng
         publish_assignments(engine, "shop", later, assignments(5, later, run_id="score-1"), None, "score-1", 1,
                             source="score", based_on="run-1")
     assert current_publication(engine, "shop")["run_id"] == "run-2"
+    # A retry of run-2's own publication (its commit went through, the answer was lost) is not refused.
+    publish_assignments(engine, "shop", later, assignments(5, later, run_id="run-2"), CATALOGUE, "run-2", 2,
+                        based_on="run-1")
     # A scoring run of the refit's own date would replace the refit's record.
     with pytest.raises(StalePublicationError, match="the refit of 2024-02-01 .* is published"):
         publish_assignments(engine, "shop", later, assignments(5, later, run_id="score-2"), None, "score-2", 2,

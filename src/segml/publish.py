@@ -273,7 +273,7 @@ def check_not_stale(current: dict | None, as_of: dt.date, force: bool = False) -
             "this past date on purpose")
 
 
-def check_base(latest_refit: str | None, based_on: str | None, source: str) -> None:
+def check_base(latest_refit: str | None, based_on: str | None, source: str, run_id: str | None = None) -> None:
     """Refuse a publication built on another refit than the last one published (unless ``based_on`` is None).
 
     A refit matched its ids and computed its migration against the refit published when it started
@@ -281,8 +281,8 @@ def check_base(latest_refit: str | None, based_on: str | None, source: str) -> N
     another refit was published in between (two runs overlapping), publishing it would reuse ids or
     serve an older model's segments.
     """
-    if based_on is None or (latest_refit or "none") == based_on:
-        return
+    if based_on is None or (latest_refit or "none") == based_on or (run_id is not None and latest_refit == run_id):
+        return  # (the last case: a retry of this very publication after its commit went through)
     what = "its segment ids and migration" if source == "refit" else "the model it scored with"
     raise StalePublicationError(
         f"another refit (run {latest_refit}) was published after this run started from run {based_on}: {what} "
@@ -324,7 +324,7 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
             current_table.c.segmentation == segmentation)).mappings().first()
         check_not_stale(dict(current) if current is not None else None, as_of, force)
         if not force:
-            check_base(_latest_refit(connection, segmentation), based_on, source)
+            check_base(_latest_refit(connection, segmentation), based_on, source, run_id)
             same_day = connection.execute(sa.select(publications_table.c.source, publications_table.c.run_id).where(
                 publications_table.c.segmentation == segmentation, publications_table.c.as_of == as_of)).first()
             if source == "score" and same_day is not None and same_day[0] == "refit":
