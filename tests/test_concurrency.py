@@ -64,3 +64,12 @@ def test_worker_processes_do_not_import_code_from_the_working_directory(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[4, 3, 2, 1]"
     assert list(tmp_path.glob("ran-*")) == []
+
+
+def test_the_command_does_not_import_code_from_the_working_directory(tmp_path):
+    # `python -m segml` puts the working directory first on the import path.
+    (tmp_path / "typer.py").write_text("raise SystemExit('the working directory was on the import path')\n")
+    done = subprocess.run([sys.executable, "-m", "segml", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout
