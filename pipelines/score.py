@@ -29,6 +29,7 @@ from pipelines.segment import (
     publish_files,
     resolve_as_of,
     retry_if_transient,
+    run_name,
     settle_publications,
 )
 from segml import tracking
@@ -121,7 +122,11 @@ def score_on_spark(cfg: SegmlConfig, model: Any, published: tracking.Published, 
     return report, rejected, counts, destination
 
 
-@flow(name="score-customers", log_prints=False)
+def _score_run_name() -> str:
+    return run_name("score ")
+
+
+@flow(name="score-customers", log_prints=False, flow_run_name=_score_run_name)
 def score_customers(config: str | Path, as_of: dt.date | None = None, force: bool = False) -> dict[str, Any]:
     """Assign every customer of the current purchases to the champion's segments, without fitting,
     and publish the assignments to the CRM like a refit (rows marked ``source = 'score'``)."""

@@ -370,7 +370,23 @@ def _artifact_key(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"segments-{name}".lower()).strip("-")
 
 
-@flow(name="segment-customers", log_prints=False)
+def run_name(prefix: str = "") -> str:
+    """A flow run's name: ``<name> as of <date>`` (the date ``latest`` when the data decides it), so
+    runs can be told apart in the Prefect UI. Called by Prefect when the run starts."""
+    from prefect.runtime import deployment, flow_run
+
+    params = flow_run.parameters or {}
+    try:
+        name = load_config(params.get("config", "")).name
+    except SegmlError:
+        name = Path(str(params.get("config", "segml"))).stem
+    as_of = params.get("as_of")
+    if as_of is None and deployment.id and flow_run.scheduled_start_time:
+        as_of = pd.Timestamp(flow_run.scheduled_start_time).date()
+    return f"{prefix}{name} as of {as_of or 'latest'}"
+
+
+@flow(name="segment-customers", log_prints=False, flow_run_name=run_name)
 def segment_customers(config: str | Path, as_of: dt.date | None = None, force: bool = False) -> dict[str, Any]:
     """Segment the customers of a configuration's purchases, record the run in MLflow and publish the files.
 

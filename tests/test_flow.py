@@ -66,6 +66,11 @@ def test_mlflow_run_has_params_metrics_and_child_runs(flow_run):
     assert sorted(int(c.data.params["k"]) for c in children) == list(range(2, 9))
     chosen = [c for c in children if c.data.metrics["chosen"] == 1.0]
     assert len(chosen) == 1 and chosen[0].data.params["k"] == "5"
+    assert chosen[0].info.run_name == "k=5 (chosen)"
+    # The selection curves on the parent run: one point per candidate k.
+    curve = client.get_metric_history(summary["run_id"], "candidate.silhouette")
+    assert sorted(m.step for m in curve) == list(range(2, 9))
+    assert {m.step: m.value for m in curve}[5] == pytest.approx(metrics["silhouette"])
 
 
 def test_mlflow_run_has_every_table_plot_report_and_config(flow_run):
@@ -113,6 +118,9 @@ def test_prefect_shows_the_segment_table(flow_run):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["segments-sample"])))
     assert artifacts and artifacts[0].type == "table"
     assert "Champions" in str(artifacts[0].data)
+    # The flow run is named after the segmentation and its date, not a random pair of words.
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(artifacts[0].flow_run_id).name == "sample as of latest"
 
 
 def test_a_failed_step_fails_the_flow_marks_the_run_failed_and_publishes_nothing(prefect_harness, tmp_path):
@@ -133,7 +141,12 @@ def test_a_failed_step_fails_the_flow_marks_the_run_failed_and_publishes_nothing
 def test_gaussian_mixture_run_logs_bic_and_probabilities(prefect_harness, tmp_path):
     config_path = write_flow_config(tmp_path, model={"algorithm": "gmm", "k_range": [3, 6], "criterion": "bic",
                                                      "covariance_type": "diag"})
-    summary = segment_customers(str(config_path), as_of=dt.date(2023, 12, 1))
+    state = segment_customers(str(config_path), as_of=dt.date(2023, 12, 1), return_state=True)
+    summary = state.result()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).name == "sample as of 2023-12-01"
     config = load_config(config_path)
     run = MlflowClient(tracking_uri=config.tracking.uri).get_run(summary["run_id"])
     assert "bic" in run.data.metrics and run.data.params["as_of"] == "2023-12-01"

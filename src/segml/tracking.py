@@ -269,11 +269,20 @@ def log_params_and_metrics(handle: RunHandle, params: dict[str, str], metrics: d
 
 
 def log_candidates(handle: RunHandle, candidates: pd.DataFrame, algorithm: str) -> list[str]:
-    """One finished child run per candidate k, with its scores; returns their run ids."""
+    """One finished child run per candidate k (``k=5 (chosen)`` for the chosen one), with its scores;
+    the same scores on the parent run as ``candidate.<score>`` at step k, so its chart view draws the
+    selection curves. Returns the child run ids."""
     client = _client(handle.uri)
+    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
+    curves = [Metric(f"candidate.{m}", float(getattr(row, m)), timestamp, int(row.k))
+              for row in candidates.itertuples()
+              for m in ("silhouette", "calinski_harabasz", "davies_bouldin", "bic", "inertia", "min_share")
+              if hasattr(row, m) and getattr(row, m) is not None and np.isfinite(getattr(row, m))]
+    for batch in _chunks(curves, 500):
+        client.log_batch(handle.run_id, metrics=batch)
     child_ids = []
     for row in candidates.itertuples():
-        child = client.create_run(handle.experiment_id, run_name=f"k={row.k}",
+        child = client.create_run(handle.experiment_id, run_name=f"k={row.k}" + (" (chosen)" if row.chosen else ""),
                                   tags={"mlflow.parentRunId": handle.run_id, "segml.candidate": "true"})
         metrics = {m: getattr(row, m) for m in ("silhouette", "calinski_harabasz", "davies_bouldin", "bic",
                                                 "inertia", "min_share")}
