@@ -366,6 +366,25 @@ def settle_publications(config: SegmlConfig) -> list[str]:
     return done
 
 
+def segments_artifact(config: SegmlConfig, identity: Identity, as_of: dt.date, run_id: str, version: int,
+                      held_back: str | None = None) -> None:
+    """The segment table as a Prefect artifact (``segments-<name>``), shares as percentages; for a run
+    held back by its gates too, saying so."""
+    pct = lambda v: f"{float(v):.1%}"  # noqa: E731
+    state = (f"**Not published**: {held_back}." if held_back else "Published.")
+    create_table_artifact(
+        key=_artifact_key(config.name),
+        table=[{"segment_id": r.segment_id, "segment_name": r.segment_name, "customers": int(r.size),
+                "share": pct(r.share), "revenue_share": pct(r.revenue_share),
+                "homogeneity": round(float(r.homogeneity), 3),
+                "stability_jaccard": None if np.isnan(r.stability_jaccard) else round(float(r.stability_jaccard), 3),
+                "description": r.description} for r in identity.segments.itertuples()],
+        description=f"Segments of **{config.name}** as of {as_of}; MLflow run `{run_id}`, model version "
+                    f"{version}. {state}"
+                    + "".join(f" Renamed: {c['segment_id']} {c['from']!r} \u2192 {c['to']!r}." for c in renames(identity)),
+    )
+
+
 def _artifact_key(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"segments-{name}".lower()).strip("-")
 
@@ -448,6 +467,8 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
             log_files(handle, staging)
             if failed:
                 tracking.tag_failed_gates(handle, [g.describe() for g in failed])
+                segments_artifact(cfg, identity, as_of, handle.run_id, version,
+                                  "quality gates failed: " + "; ".join(g.describe() for g in failed))
                 raise QualityGateError(
                     f"{len(failed)} quality gate{'s' if len(failed) > 1 else ''} failed: "
                     + "; ".join(g.describe() for g in failed)
@@ -467,17 +488,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    create_table_artifact(
-        key=_artifact_key(cfg.name),
-        table=[{"segment_id": r.segment_id, "segment_name": r.segment_name, "customers": int(r.size),
-                "share": round(float(r.share), 4), "revenue_share": round(float(r.revenue_share), 4),
-                "homogeneity": round(float(r.homogeneity), 3),
-                "stability_jaccard": None if np.isnan(r.stability_jaccard) else round(float(r.stability_jaccard), 3),
-                "description": r.description} for r in segments.itertuples()],
-        description=f"Segments of **{cfg.name}** as of {purchases.report.as_of}; MLflow run `{handle.run_id}`, "
-                    f"model version {version}."
-                    + "".join(f" Renamed: {c['segment_id']} {c['from']!r} \u2192 {c['to']!r}." for c in renames(identity)),
-    )
+    segments_artifact(cfg, identity, as_of, handle.run_id, version)
     r = purchases.report
     summary = {
         "run_id": handle.run_id,

@@ -102,6 +102,17 @@ def test_a_failed_gate_fails_the_flow_keeps_the_champion_and_publishes_nothing(p
     with pytest.raises(QualityGateError, match=r"1 quality gate failed: min_homogeneity: 0\.\d+ \(needs >= 0\.99\)"):
         state.result()
 
+    # The held-back run's segments are in Prefect too, saying why they were not published.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as prefect_client:
+        (artifact,) = [a for a in prefect_client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+            if a.key == "segments-sample"]
+    assert "Not published" in artifact.description and "min_homogeneity" in artifact.description
+    assert str(artifact.data).count("%") >= 2  # shares as percentages
+
     client = _client(config_path)
     assert int(client.get_model_version_by_alias("segml-sample", "champion").version) == first["model_version"]
     runs = client.search_runs([client.get_experiment_by_name("sample").experiment_id],
