@@ -32,6 +32,8 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from segml import tracking
@@ -42,6 +44,7 @@ from segml.publish import (
     check_not_stale,
     create_engine,
     current_publication,
+    missing_sqlite,
     publication_runs,
     publish_assignments,
 )
@@ -82,14 +85,10 @@ def commit(config: SegmlConfig, as_of: dt.date, assignments, catalogue, run_id: 
     """
     if not config.publish.database:
         if source == "refit":
-            champion = tracking.champion_version(config)
-            champion_run = None if champion is None else tracking.run_of_version(config, champion)
-            if champion_run is not None and not force:
-                _, _, params = tracking.run_record(tracking.tracking_uri(config), champion_run)
-                if params.get("as_of"):
-                    check_not_stale({"as_of": dt.date.fromisoformat(params["as_of"]), "run_id": champion_run},
-                                    as_of)
-                check_base(champion_run, based_on, source)
+            champion = _champion_publication(config)
+            if champion is not None and not force:
+                check_not_stale(champion, as_of)
+                check_base(champion["run_id"], based_on, source)
             tracking.set_champion(config, run_id, version)
         return 0
     engine = create_engine(publish_url(config, dict(os.environ)))
@@ -100,18 +99,36 @@ def commit(config: SegmlConfig, as_of: dt.date, assignments, catalogue, run_id: 
         engine.dispose()
 
 
-def _current(config: SegmlConfig) -> dict | None:
-    """The current publication in the CRM database; None without one (a missing SQLite file is not created)."""
-    if not config.publish.database:
-        return None
+@contextmanager
+def _published_database(config: SegmlConfig) -> Iterator:
+    """An engine on the CRM database, or None when there is none to read (no database configured, or
+    a SQLite file never written: it is not created to find that out)."""
     url = publish_url(config, dict(os.environ))
-    if _missing_sqlite(url):
-        return None
+    if not config.publish.database or missing_sqlite(url):
+        yield None
+        return
     engine = create_engine(url)
     try:
-        return current_publication(engine, config.name)
+        yield engine
     finally:
         engine.dispose()
+
+
+def _current(config: SegmlConfig) -> dict | None:
+    """The current publication in the CRM database; None without one."""
+    with _published_database(config) as engine:
+        return None if engine is None else current_publication(engine, config.name)
+
+
+def _champion_publication(config: SegmlConfig) -> dict | None:
+    """Without a database, what stands for the current publication: the champion's run and as-of date."""
+    champion = tracking.champion_version(config)
+    if champion is None:
+        return None
+    run = tracking.run_of_version(config, champion)
+    _, _, params = tracking.run_record(tracking.tracking_uri(config), run)
+    as_of = dt.date.fromisoformat(params["as_of"]) if params.get("as_of") else dt.date.min
+    return {"as_of": as_of, "run_id": run}
 
 
 def check_date(config: SegmlConfig, as_of: dt.date) -> None:
@@ -119,15 +136,7 @@ def check_date(config: SegmlConfig, as_of: dt.date) -> None:
 
     The same check runs again inside the commit's transaction.
     """
-    current = _current(config)
-    if current is None and not config.publish.database:
-        champion = tracking.champion_version(config)
-        if champion is not None:
-            run = tracking.run_of_version(config, champion)
-            _, _, params = tracking.run_record(tracking.tracking_uri(config), run)
-            if params.get("as_of"):
-                current = {"as_of": dt.date.fromisoformat(params["as_of"]), "run_id": run}
-    check_not_stale(current, as_of)
+    check_not_stale(_current(config) if config.publish.database else _champion_publication(config), as_of)
 
 
 def same_day_refit(config: SegmlConfig, as_of: dt.date) -> str | None:
@@ -137,16 +146,13 @@ def same_day_refit(config: SegmlConfig, as_of: dt.date) -> str | None:
 
     from segml.publish import publications_table
 
-    if _current(config) is None:
-        return None
-    engine = create_engine(publish_url(config, dict(os.environ)))
-    try:
+    with _published_database(config) as engine:
+        if engine is None:
+            return None
         with engine.connect() as connection:
             return connection.execute(sa.select(publications_table.c.run_id).where(
                 publications_table.c.segmentation == config.name, publications_table.c.as_of == as_of,
                 publications_table.c.source == "refit")).scalar()
-    finally:
-        engine.dispose()
 
 
 def crm_assignments(config: SegmlConfig, published: tracking.Published):
@@ -154,14 +160,11 @@ def crm_assignments(config: SegmlConfig, published: tracking.Published):
     (a scoring run published since), else the champion's. Migration and ``changes.csv`` compare with them."""
     from segml.publish import read_current
 
-    current = _current(config)
-    if current is None or current["run_id"] == published.run_id:
-        return published.assignments
-    engine = create_engine(publish_url(config, dict(os.environ)))
-    try:
+    with _published_database(config) as engine:
+        current = None if engine is None else current_publication(engine, config.name)
+        if current is None or current["run_id"] == published.run_id:
+            return published.assignments
         return read_current(engine, config.name)
-    finally:
-        engine.dispose()
 
 
 def record_failure(handle: tracking.RunHandle, error: BaseException, begun: bool, committed: bool) -> None:
@@ -235,14 +238,6 @@ def _process_gone(tags: dict[str, str]) -> bool:
     return False
 
 
-def _missing_sqlite(url: str) -> bool:
-    import sqlalchemy as sa
-
-    parsed = sa.engine.make_url(url)
-    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and parsed.database != ":memory:" \
-        and not Path(parsed.database).exists()
-
-
 PROMOTION_TAGS = ("segml.promoted_by", "segml.promotion_reason", "segml.promoted_at")
 
 
@@ -264,17 +259,13 @@ def settle(config: SegmlConfig, everywhere: bool = False) -> list[str]:
     uri = tracking.tracking_uri(config)
     current_run, published_runs = None, set()
     if config.publish.database:
-        current = _current(config)
-        current_run = current["run_id"] if current else None
-        if current is not None:
-            engine = create_engine(publish_url(config, dict(os.environ)))
-            try:
-                published_runs = publication_runs(engine, config.name)
-            finally:
-                engine.dispose()
+        with _published_database(config) as engine:
+            current = None if engine is None else current_publication(engine, config.name)
+            if current is not None:
+                current_run, published_runs = current["run_id"], publication_runs(engine, config.name)
     else:
-        champion = tracking.champion_version(config)
-        current_run = None if champion is None else tracking.run_of_version(config, champion)
+        champion = _champion_publication(config)
+        current_run = champion["run_id"] if champion else None
     for experiment in (config.experiment_name, f"{config.experiment_name}-scores"):
         for run_id, status, tags in tracking.runs_to_settle(config, experiment):
             state = tags.get(tracking.PUBLICATION_TAG)

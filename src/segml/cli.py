@@ -226,7 +226,7 @@ def target(
     from segml.config import publish_url
     from segml.contract import CRM_COLUMNS
     from segml.outputs import write_csv
-    from segml.publish import create_engine
+    from segml.publish import create_engine, missing_sqlite
     from segml.targeting import parse_condition, select_customers
 
     try:
@@ -234,7 +234,7 @@ def target(
         for condition in where or []:
             parse_condition(condition)  # every condition is checked before the database is touched
         url = publish_url(cfg, dict(os.environ))
-        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        if missing_sqlite(url):
             raise SegmlError(f"nothing is published for {cfg.name!r} yet (no database at "
                              f"{url.removeprefix('sqlite:///')}): run `segml run {config}` first")
         engine = create_engine(url)

@@ -165,6 +165,14 @@ def create_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def missing_sqlite(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist yet (nothing was ever published there;
+    opening it would create it)."""
+    parsed = sa.engine.make_url(url)
+    return (parsed.get_backend_name() == "sqlite" and bool(parsed.database) and parsed.database != ":memory:"
+            and not Path(parsed.database).exists())
+
+
 def ensure_schema(engine: sa.Engine) -> int:
     """Create the tables and the view on first use; migrate an older schema; return the version."""
     with engine.begin() as connection:
