@@ -469,13 +469,6 @@ def load_champion(config: SegmlConfig) -> Published | None:
                      catalogue=table("catalogue.csv"), assignments=assignments)
 
 
-def promote(handle: RunHandle, config: SegmlConfig, version: int) -> None:
-    """Point the alias ``champion`` at ``version``: the next run matches against this one."""
-    client = _client(handle.uri)
-    client.set_registered_model_alias(config.registered_model_name, CHAMPION, str(version))
-    client.set_tag(handle.run_id, "segml.promoted", "true")
-
-
 def tag_failed_gates(handle: RunHandle, failed: list[str]) -> None:
     _client(handle.uri).set_tag(handle.run_id, "segml.failed_gates", "; ".join(failed)[:5000])
 
