@@ -94,7 +94,8 @@ def commit(config: SegmlConfig, as_of: dt.date, assignments, catalogue, run_id: 
     engine = create_engine(publish_url(config, dict(os.environ)))
     try:
         return publish_assignments(engine, config.name, as_of, assignments, catalogue, run_id, version,
-                                   source=source, force=force, based_on=based_on)
+                                   source=source, force=force, based_on=based_on,
+                                   attributes={name: spec.type for name, spec in config.attributes.items()})
     finally:
         engine.dispose()
 

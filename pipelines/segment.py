@@ -40,6 +40,7 @@ from segml.identity import (
     previous_rules,
     renames,
 )
+from segml.attributes import attribute_tables
 from segml.features import EXCLUSION_REASONS
 from segml.models import SegmentModel
 from segml.outputs import publish_folder, stage_files, write_csv
@@ -276,6 +277,8 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
         "catalogue": identity.catalogue,
         "segment_matching": identity.matching,
     }
+    if purchases.attributes is not None:
+        tables.update(attribute_tables(assignments, purchases.attributes))
     if not migration.counts.empty:
         tables["migration_counts"] = migration.counts.reset_index()
         tables["migration_shares"] = migration.shares.reset_index()
@@ -444,7 +447,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         segments = profile_segments(features, scored, cfg, published, model, overlap)
         identity = carry_identities(segments, published, model, cfg, as_of, overlap)
         segments = identity.segments
-        base = build_assignments(features, scored, segments, as_of)
+        base = build_assignments(features, scored, segments, as_of, purchases.attributes)
         migration, shifts = compare_with_published(published, base, identity, cfg)
         metrics = {**run_metrics(purchases, scored, segments), **migration.summary, **shifts}
         gates = evaluate_gates(cfg.gates.thresholds(), metrics, cfg.gates.psi_features or list(cfg.features))

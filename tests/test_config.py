@@ -37,7 +37,7 @@ def _with(path: str, value):
 _DELETE = object()
 
 BAD_CONFIGS = [
-    (_with("modle", {}), r"modle: unknown key; allowed keys here are \['data', 'duckdb', 'engine', 'features'"),
+    (_with("modle", {}), r"modle: unknown key; allowed keys here are \['customers', 'data', 'duckdb', 'engine', 'features'"),
     (_with("model.algo", "kmeans"), r"model.algo: unknown key; allowed keys here are \['algorithm'"),
     (_with("model.algorithm", "dbscan"), r"model.algorithm: Input should be 'kmeans' or 'gmm' \(got 'dbscan'\)"),
     (_with("model.n_clusters", 1), r"model.n_clusters: Input should be greater than or equal to 2 \(got 1\)"),
@@ -50,7 +50,7 @@ BAD_CONFIGS = [
     (_with("window.lookback_days", 0), r"window.lookback_days: Input should be greater than 0"),
     (_with("features", ["recency_days"]), r"features: needs at least 2 features"),
     (_with("features", ["recency_days", "recency_days"]), r"features: lists a feature twice"),
-    (_with("features", ["recency_days", "clv"]), r"features.1: Input should be 'recency_days'"),
+    (_with("features", ["recency_days", "clv"]), r"features lists 'clv', which is neither a behavioural feature \['recency_days'"),
     (_with("transform.per_feature", {"monetary": "sqrt"}), r"transform.per_feature.monetary: Input should be"),
     (_with("data.columns.amount", "a"), r"data.columns: set either 'amount' or 'quantity' and 'unit_price'"),
     (_with("data.columns.unit_price", _DELETE), r"data.columns: the line's value is unknown"),
@@ -129,7 +129,7 @@ def test_shipped_configs_are_valid(name):
 def test_shipped_sample_config_matches_the_demo_settings():
     shipped = load_config(REPO / "configs" / "sample.yaml")
     embedded = parse_config(SAMPLE_CONFIG)
-    drop = {"data": {"path"}, "output": True, "tracking": True}
+    drop = {"data": {"path"}, "customers": {"path"}, "output": True, "tracking": True}
     assert shipped.model_dump(exclude=drop) == embedded.model_dump(exclude=drop)
 
 

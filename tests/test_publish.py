@@ -213,7 +213,7 @@ def test_a_version_1_database_is_migrated_in_place(engine):
         if engine.dialect.name == "postgresql":  # a CRM's own view on segml's (PostgreSQL keeps it)
             connection.exec_driver_sql("CREATE VIEW crm_feed AS SELECT customer_id, segment_id "
                                        "FROM segml_current_assignments")
-    assert ensure_schema(engine) == SCHEMA_VERSION == 2
+    assert ensure_schema(engine) == SCHEMA_VERSION == 3
     current = read_current(engine, "shop")
     assert current["customer_id"].tolist() == ["c1"] and current["source"].tolist() == ["refit"]
     assert current_publication(engine, "shop")["run_id"] == "run-v1"

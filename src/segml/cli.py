@@ -218,34 +218,58 @@ def target(
     output: Annotated[Path, typer.Option("--out", help="CSV file to write the list to.")],
     segment: Annotated[list[str] | None, typer.Option("--segment", help="Segment id or name; repeat for several.")] = None,
     where: Annotated[list[str] | None, typer.Option(
-        "--where", help="A condition such as 'recency_days between 60 and 180 and monetary > 200'; "
-                        "repeat to add more (all must hold).")] = None,
+        "--where", help="A condition such as 'recency_days between 60 and 180 and monetary > 200' or "
+                        "\"country in ('France', 'Belgium')\"; repeat to add more (all must hold).")] = None,
+    campaign: Annotated[str | None, typer.Option(
+        "--campaign", help="Record the list as this campaign, with a control group held out of it.")] = None,
+    control: Annotated[str, typer.Option(
+        "--control", help="Share of every segment held out as the control group, e.g. 10%.")] = "10%",
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Seed of the control draw (default: from the campaign's name).")] = None,
+    sent: Annotated[dt.datetime | None, typer.Option(
+        "--sent", formats=["%Y-%m-%d"], help="The day the campaign is sent (default: today).")] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="Days after sending that its report measures.")] = 30,
+    replace: Annotated[bool, typer.Option("--replace", help="Record again a campaign name used before.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a campaign list: current customers of the chosen segments that meet every condition."""
+    """Write a campaign list: current customers of the chosen segments that meet every condition.
+
+    With --campaign the list is recorded in the CRM database as a campaign, and a random control
+    group (--control of every segment) is held out of the file written.
+    """
     from segml.config import publish_url
     from segml.contract import CRM_COLUMNS
     from segml.outputs import write_csv
     from segml.publish import create_engine, missing_sqlite
-    from segml.targeting import parse_condition, select_customers
+    from segml.targeting import parse_condition, select_customers, target_columns
 
+    held_out = 0
     try:
         cfg = load_config(config)
+        attributes = {name: spec.type for name, spec in cfg.attributes.items()}
         for condition in where or []:
-            parse_condition(condition)  # every condition is checked before the database is touched
+            # every condition is checked before the database is touched
+            parse_condition(condition, target_columns(attributes))
+        control_share = _control_share(control) if campaign else 0.0
         url = publish_url(cfg, dict(os.environ))
         if missing_sqlite(url):
             raise SegmlError(f"nothing is published for {cfg.name!r} yet (no database at "
                              f"{url.removeprefix('sqlite:///')}): run `segml run {config}` first")
         engine = create_engine(url)
         try:
-            selected = select_customers(engine, cfg.name, list(segment or []), list(where or []))
+            selected = select_customers(engine, cfg.name, list(segment or []), list(where or []), attributes)
+            if selected.empty and not segment and not where:
+                raise SegmlError(f"nothing is published for {cfg.name!r} yet: run `segml run {config}` first")
+            if campaign:
+                selected = _record_campaign(engine, cfg.name, campaign, selected, control_share, seed,
+                                            sent.date() if sent else dt.date.today(), days, replace,
+                                            list(segment or []), list(where or []))
+                held_out = int((selected["campaign_group"] == "control").sum())
+                selected = selected[selected["campaign_group"] == "target"]
         finally:
             engine.dispose()
-        if selected.empty and not segment and not where:
-            raise SegmlError(f"nothing is published for {cfg.name!r} yet: run `segml run {config}` first")
-        # The columns of assignments.csv, in its order, then where each row came from.
-        columns = [c for c in [*CRM_COLUMNS, "source"] if c in selected.columns]
+        # The columns of assignments.csv, in its order, then the attributes and where each row came from.
+        columns = [c for c in [*CRM_COLUMNS, *attributes, "source"] if c in selected.columns]
         write_csv(selected[columns].rename(columns=cfg.publish.column_map), output)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
@@ -254,6 +278,86 @@ def target(
                       f"({'; '.join([*(f'segment {s}' for s in segment or []), *(where or [])])}); "
                       f"{output} holds only the header", highlight=False)
     out.print(f"{len(selected):,} customers written to {output}")
+    if campaign:
+        out.print(f"Campaign {campaign!r} recorded: {len(selected):,} target and {held_out:,} control customers "
+                  f"(held out of the list); measure it with `segml campaign report {config} {campaign}`")
+
+
+def _control_share(text: str) -> float:
+    """``10%`` or ``0.1`` as a share; an error naming the value otherwise."""
+    try:
+        share = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
+    except ValueError:
+        raise SegmlError(f"--control takes a share such as 10% or 0.1, got {text!r}") from None
+    if not 0 < share < 1:
+        raise SegmlError(f"--control must be above 0% and below 100%, got {text!r}")
+    return share
+
+
+def _record_campaign(engine, segmentation: str, name: str, selected, control_share: float, seed: int | None,
+                     sent: dt.date, days: int, replace: bool, segments: list[str], conditions: list[str]):
+    """Draw the control group of the selected customers and record the campaign; returns the
+    selection with each customer's ``campaign_group``."""
+    import zlib
+
+    from segml.campaigns import draw_control, record_campaign
+
+    if not selected["as_of"].nunique() <= 1:
+        raise SegmlError("the selected customers come from several publications; publish again and retry")
+    seed = zlib.crc32(name.encode()) % 2**31 if seed is None else seed
+    selected = selected.assign(campaign_group=draw_control(selected, control_share, seed))
+    selection = "; ".join([*(f"segment {s}" for s in segments), *conditions]) or "all current customers"
+    record_campaign(engine, segmentation, name, selected, as_of=selected["as_of"].iloc[0] if len(selected) else sent,
+                    run_id=str(selected["run_id"].iloc[0]) if len(selected) else "", sent_date=sent,
+                    selection=selection, control_share=control_share, seed=seed, report_days=days, replace=replace)
+    return selected
+
+
+campaign_app = typer.Typer(help="Campaigns recorded with `segml target --campaign`: their reports.",
+                           no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+@campaign_app.command("report")
+def campaign_report(
+    config: ConfigArg,
+    name: Annotated[str, typer.Argument(help="The campaign's name, as given to `segml target --campaign`.")],
+    days: Annotated[int | None, typer.Option("--days", min=1, help="Days after sending to measure "
+                                                                   "(default: as recorded, 30).")] = None,
+    as_of: Annotated[dt.datetime | None, typer.Option(
+        "--as-of", formats=["%Y-%m-%d"], help="Measure purchases before this date (default: today).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure a campaign: per segment and overall, who bought and spent in the target and control
+    groups, the uplift with 95% intervals and the incremental revenue."""
+    _quiet_defaults()
+    try:
+        from pipelines.campaigns import report_campaign
+
+        summary = report_campaign(config, name, days, as_of.date() if as_of else None)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    table = Table(title=f"Campaign {name}: {summary['measured_days']} of {summary['days']} days after "
+                        f"{summary['sent_date']}")
+    for column in ("segment", "target", "control", "bought (t / c)", "uplift [95%]", "spend/customer (t / c)",
+                   "incremental revenue [95%]"):
+        table.add_column(column, justify="left" if column == "segment" else "right")
+    for r in summary["table"].itertuples():
+        uplift = (f"{100 * r.uplift:+.1f} pts [{100 * r.uplift_low:+.1f}, {100 * r.uplift_high:+.1f}]"
+                  if r.uplift == r.uplift else "no control")
+        revenue = (f"{r.incremental_revenue:,.0f} [{r.incremental_revenue_low:,.0f}, {r.incremental_revenue_high:,.0f}]"
+                   if r.incremental_revenue == r.incremental_revenue else "")
+        table.add_row(str(r.segment_id), f"{r.target_customers:,}", f"{r.control_customers:,}",
+                      f"{r.target_bought_share:.1%} / {r.control_bought_share:.1%}", uplift,
+                      f"{r.target_spend_per_customer:,.2f} / {r.control_spend_per_customer:,.2f}", revenue)
+    out.print(table)
+    if summary["missing_days"]:
+        console.print(f"[bold yellow]warning:[/] the {summary['days']}-day window is not over: "
+                      f"{summary['missing_days']} days are missing; report again after "
+                      f"{dt.date.fromisoformat(summary['sent_date']) + dt.timedelta(days=summary['days'])}",
+                      highlight=False)
+    out.print(f"MLflow: run {summary['run_id']} in experiment {summary['experiment']!r}. "
+              f"Results are in {summary['output_dir']}")
 
 
 @app.command()
@@ -341,9 +445,68 @@ def demo(
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     _print_summary(summary)
+    _print_attribute_profiles(Path(summary["output_dir"]) / "segment_attributes.csv")
+    try:
+        _demo_campaign(config_path, summary)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
     db = Path(summary["tracking_uri"].removeprefix("sqlite:///"))
     if summary["tracking_uri"].startswith("sqlite:///"):
         out.print(f"Review the run in the MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
+
+
+def _print_attribute_profiles(path: Path) -> None:
+    """Each segment's top countries and its age band (the middle half of its ages), from the run's
+    ``segment_attributes.csv``."""
+    import pandas as pd
+
+    if not path.exists():
+        return
+    profiles = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for (sid, name), rows in profiles.groupby(["segment_id", "segment_name"], sort=False):
+        parts = []
+        for attribute, kind_rows in rows.groupby("attribute", sort=False):
+            if kind_rows["type"].iloc[0] == "category":
+                top = kind_rows[~kind_rows["category"].isin(["(other)", "(missing)"])].head(2)
+                parts.append(f"{attribute} " + ", ".join(f"{r.category} {r.share:.0%} (index {r.index:.0f})"
+                                                        for r in top.itertuples()))
+            else:
+                r = kind_rows.iloc[0]
+                parts.append(f"{attribute} {r['q1']:.0f}\u2013{r['q3']:.0f} (median {r['median']:.0f}, all "
+                             f"customers {r['base_median']:.0f})")
+        out.print(f"  {sid} {name}: {'; '.join(parts)}", highlight=False)
+
+
+def _demo_campaign(config_path: Path, summary: dict) -> None:
+    """Record a campaign on the demo's segments, add purchases with a planted effect (+10 points in
+    the largest segment, none elsewhere) and report it."""
+    import pandas as pd
+
+    from pipelines.campaigns import report_campaign
+    from segml.config import publish_url
+    from segml.outputs import write_csv
+    from segml.publish import create_engine
+    from segml.sample import SAMPLE_AS_OF, generate_campaign_purchases
+    from segml.targeting import select_customers
+
+    cfg = load_config(config_path)
+    largest = max(summary["segments"], key=lambda r: r["size"])["segment_id"]
+    engine = create_engine(publish_url(cfg, dict(os.environ)))
+    try:
+        selected = select_customers(engine, cfg.name, [], [])
+        members = _record_campaign(engine, cfg.name, "demo", selected, 0.3, 7, SAMPLE_AS_OF, 30, True, [], [])
+    finally:
+        engine.dispose()
+    planted = generate_campaign_purchases(members, SAMPLE_AS_OF, 30, seed=7, base_rate=0.2, uplift={largest: 0.10})
+    purchases = Path(cfg.data.path or "")
+    write_csv(pd.concat([pd.read_csv(purchases, dtype=str), planted.astype(str)], ignore_index=True), purchases)
+    out.print(f"Campaign 'demo' sent {SAMPLE_AS_OF} to every customer, 30% of each segment held out as control; "
+              f"purchases in the 30 days after carry a planted +10 points in {largest} and nothing elsewhere.")
+    report = report_campaign(config_path, "demo", as_of=SAMPLE_AS_OF + dt.timedelta(days=30))
+    for r in report["table"].itertuples():
+        out.print(f"  {r.segment_id}: uplift {100 * r.uplift:+.1f} points (95% interval {100 * r.uplift_low:+.1f} "
+                  f"to {100 * r.uplift_high:+.1f}), incremental revenue {r.incremental_revenue:,.0f}", highlight=False)
+    out.print(f"Campaign report in {report['output_dir']} (MLflow experiment {report['experiment']!r})")
 
 
 def main() -> None:

@@ -107,6 +107,54 @@ NULL_MARKERS = ["NULL", "null", "None", "nan", "NaN", "N/A", "#N/A"]
 EARLIEST_PLAUSIBLE = dt.date(1990, 1, 1)
 
 
+#: Kinds of customer attribute: ``category`` (text), ``number``, or ``date`` (turned into whole
+#: years or months before the as-of date, e.g. a birth date into an age).
+AttributeType = Literal["category", "number", "date"]
+#: Names an attribute may not take: the published table's own columns and segml's features.
+RESERVED_ATTRIBUTE_NAMES = frozenset({*CRM_COLUMNS, "segmentation", "published_at", "source", "segment",
+                                      "customers", "share", "group"})
+
+
+class AttributeSpec(_Strict):
+    """One customer attribute: the source column holding it and its type.
+
+    ``date`` values become whole ``years`` (a birth date: the age) or
+    ``months`` (a signup date: months since signup) as of the as-of date.
+    """
+
+    column: str = Field(min_length=1)
+    type: AttributeType = "category"
+    unit: Literal["years", "months"] = "years"
+
+    @model_validator(mode="after")
+    def _unit_only_for_dates(self) -> AttributeSpec:
+        if self.type != "date" and "unit" in self.model_fields_set:
+            raise ValueError(f"'unit' applies to date attributes only; this one is a {self.type}")
+        return self
+
+    @property
+    def numeric(self) -> bool:
+        """Whether the attribute's values are numbers (a number, or a date turned into years or months)."""
+        return self.type != "category"
+
+
+def _attribute_specs(value: Any) -> Any:
+    """``{country: Country}`` is short for ``{country: {column: Country, type: category}}``."""
+    if isinstance(value, dict):
+        return {name: {"column": spec} if isinstance(spec, str) else spec for name, spec in value.items()}
+    return value
+
+
+def _check_attribute_names(names: list[str]) -> None:
+    for name in names:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+            raise ValueError(f"attribute name {name!r} must be 1 to 63 lowercase letters, digits or '_', starting "
+                             "with a letter (it becomes a database column), e.g. 'country' or 'age'")
+        if name in RESERVED_ATTRIBUTE_NAMES or name in FEATURES:
+            raise ValueError(f"attribute name {name!r} is taken by a column of the assignment table; call it "
+                             f"something else, e.g. 'customer_{name}'")
+
+
 class DataConfig(_Strict):
     """Where the purchases are and how to read them.
 
@@ -139,6 +187,19 @@ class DataConfig(_Strict):
     null_markers: list[str] = NULL_MARKERS
     plausible_dates: tuple[dt.date, dt.date | None] = (EARLIEST_PLAUSIBLE, None)
     duplicates: Literal["reject", "keep"] = "reject"
+    #: Customer attributes read from the purchase lines: per customer, the value on its latest used line.
+    attributes: dict[str, AttributeSpec] = {}
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _short_attributes(cls, value: Any) -> Any:
+        return _attribute_specs(value)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, value: dict[str, AttributeSpec]) -> dict[str, AttributeSpec]:
+        _check_attribute_names(list(value))
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -174,6 +235,53 @@ class DataConfig(_Strict):
         return self
 
 
+class CustomersConfig(_Strict):
+    """A source of customer attributes: one row per customer, with its id and attribute columns.
+
+    A file (``path``: CSV or Parquet) or a database (``url`` or ``url_env`` with
+    ``table`` or ``query``), read like ``data``. ``date_format`` is the strptime
+    format of text dates (ISO ``YYYY-MM-DD`` by default); numbers are plain
+    numbers with ``.`` as the decimal mark unless ``decimal`` says ``,``.
+    """
+
+    path: str | None = None
+    url: str | None = None
+    url_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    table: str | None = None
+    query: str | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    csv: CsvOptions = CsvOptions()
+    id: str = Field(min_length=1)
+    attributes: dict[str, AttributeSpec]
+    date_format: str | None = None
+    decimal: Literal[".", ","] = "."
+    null_markers: list[str] = NULL_MARKERS
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _short_attributes(cls, value: Any) -> Any:
+        return _attribute_specs(value)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, value: dict[str, AttributeSpec]) -> dict[str, AttributeSpec]:
+        if not value:
+            raise ValueError("needs at least one attribute, e.g. {country: {column: Country, type: category}}")
+        _check_attribute_names(list(value))
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CustomersConfig:
+        if [self.path, self.url, self.url_env].count(None) != 2:
+            raise ValueError("set exactly one of 'path' (a CSV or Parquet file), 'url' (a database) or 'url_env' "
+                             "(an environment variable holding the database URL)")
+        if self.path is None and (self.table is None) == (self.query is None):
+            raise ValueError("a database source needs exactly one of 'table' or 'query'")
+        if self.path is not None and (self.table is not None or self.query is not None):
+            raise ValueError("'table' and 'query' apply to a database 'url', not to a file 'path'")
+        return self
+
+
 class WindowConfig(_Strict):
     """The as-of date and the optional look-back window.
 
@@ -195,7 +303,7 @@ class TransformConfig(_Strict):
     """How features are transformed before clustering (part of the fitted model)."""
 
     default: TransformMethod = "log"
-    per_feature: dict[Feature, TransformMethod] = {}
+    per_feature: dict[str, TransformMethod] = {}
     scaler: Literal["standard", "robust", "none"] = "standard"
 
     def method_for(self, feature: str) -> str:
@@ -433,7 +541,8 @@ class SegmlConfig(_Strict):
 
     data: DataConfig
     window: WindowConfig = WindowConfig()
-    features: list[Feature] = ["recency_days", "frequency", "monetary"]
+    #: Behavioural features, and numeric customer attributes (``customers`` or ``data.attributes``).
+    features: list[str] = ["recency_days", "frequency", "monetary"]
     transform: TransformConfig = TransformConfig()
     model: ModelConfig = ModelConfig()
     quality: QualityConfig = QualityConfig()
@@ -448,6 +557,44 @@ class SegmlConfig(_Strict):
     #: ``duckdb`` (embedded, one machine) or ``spark`` (reading, contract and features on Spark).
     engine: Literal["duckdb", "spark"] = "duckdb"
     spark: SparkConfig = SparkConfig()
+    #: Customer attributes from a source of their own (one row per customer).
+    customers: CustomersConfig | None = None
+
+    @property
+    def attributes(self) -> dict[str, AttributeSpec]:
+        """Every customer attribute, from the customers source and from the purchase lines."""
+        return {**(self.customers.attributes if self.customers else {}), **self.data.attributes}
+
+    @model_validator(mode="after")
+    def _attributes_declared_once_and_features_known(self) -> SegmlConfig:
+        both = sorted(set(self.customers.attributes if self.customers else {}) & set(self.data.attributes))
+        if both:
+            raise ValueError(f"attributes {both} are declared both in customers.attributes and data.attributes; "
+                             "keep each in one place")
+        attributes = self.attributes
+        for feature in self.features:
+            spec = attributes.get(feature)
+            if feature in FEATURES or (spec is not None and spec.numeric):
+                continue
+            if spec is not None:
+                raise ValueError(f"features lists {feature!r}, a category attribute: categories describe segments "
+                                 "but stay out of the distance the model measures; leave it out of features (it is "
+                                 "profiled per segment anyway)")
+            numeric = sorted(n for n, s in attributes.items() if s.numeric)
+            raise ValueError(f"features lists {feature!r}, which is neither a behavioural feature {list(FEATURES)} nor "
+                             f"a numeric attribute {numeric}")
+        unknown = sorted(set(self.transform.per_feature) - set(FEATURES) - set(attributes))
+        if unknown:
+            raise ValueError(f"transform.per_feature names {unknown}, which are neither features {list(FEATURES)} "
+                             f"nor attributes {sorted(attributes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _spark_reads_no_attributes(self) -> SegmlConfig:
+        if self.engine == "spark" and self.attributes:
+            raise ValueError("customer attributes (customers, data.attributes) are not supported by the Spark "
+                             "engine yet; use engine 'duckdb' or leave the attributes out")
+        return self
 
     @model_validator(mode="after")
     def _stability_gate_needs_resamples(self) -> SegmlConfig:
@@ -664,7 +811,11 @@ def load_config(path: str | Path) -> SegmlConfig:
     publish = config.publish
     if publish.url and publish.url.startswith("sqlite:///") and not publish.url.startswith("sqlite:////"):
         publish = publish.model_copy(update={"url": "sqlite:///" + _resolve(publish.url[len("sqlite:///"):], base)})
-    return config.model_copy(update={"data": data, "output": output, "tracking": tracking, "publish": publish})
+    customers = config.customers
+    if customers is not None and customers.path is not None:
+        customers = customers.model_copy(update={"path": _resolve(customers.path, base)})
+    return config.model_copy(update={"data": data, "output": output, "tracking": tracking, "publish": publish,
+                                     "customers": customers})
 
 
 def data_url(data: DataConfig, environ: Mapping[str, str]) -> str | None:

@@ -59,6 +59,8 @@ EXCLUSION_REASONS: dict[str, str] = {
     "non_finite_spend": "the net spend is not a finite number",
     "all_lines_rejected": "no line of the customer was used: every one was rejected (see rejected_lines.csv) "
                           "or fell outside the window",
+    "missing_attribute": "a numeric attribute listed in features has no value for the customer "
+                         "(see attribute_problems.csv)",
 }
 
 

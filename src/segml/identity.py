@@ -309,11 +309,11 @@ def with_migration(assignments: pd.DataFrame, migration: Migration) -> pd.DataFr
 
 def crm_table(assignments: pd.DataFrame, migration: Migration, run_id: str, model_version: int) -> pd.DataFrame:
     """The CRM's assignment table (:data:`segml.contract.CRM_COLUMNS`): ``assignments`` with the
-    migration columns, the MLflow run id and the model version."""
+    migration columns, the MLflow run id and the model version; customer attribute columns follow."""
     table = with_migration(assignments, migration)
     table["run_id"] = run_id
     table["model_version"] = model_version
-    return table[CRM_COLUMNS]
+    return table[CRM_COLUMNS + [c for c in assignments.columns if c not in CRM_COLUMNS]]
 
 
 def population_stability(previous: pd.Series, current: pd.Series, bins: int = 10) -> float:

@@ -279,3 +279,69 @@ def contradictions(named: pd.DataFrame, rules: list[NamingRule] | None = None) -
             found.append(f"{row['segment_name']}: scores {', '.join(f'{s} {row[s]:.2f}' for s in _SCORE_FEATURE)} "
                          f"outside the ranges of {rule.name!r}")
     return found
+
+
+#: The columns of :func:`attribute_profiles`, in order.
+ATTRIBUTE_PROFILE_COLUMNS = ["segment_id", "segment_name", "attribute", "type", "category", "customers", "share",
+                             "base_share", "index", "q1", "median", "q3", "base_median"]
+#: A segment's customers without a value, and the categories beyond the top ones, in :func:`attribute_profiles`.
+MISSING, OTHER = "(missing)", "(other)"
+
+
+def attribute_profiles(assignments: pd.DataFrame, types: dict[str, str], top: int = 5) -> pd.DataFrame:
+    """Each segment's composition on every attribute, against the whole customer base.
+
+    ``assignments`` has ``segment_id``, ``segment_name`` and one column per
+    attribute of ``types`` (attribute -> ``category``, ``number`` or ``date``).
+    Returns a long frame (:data:`ATTRIBUTE_PROFILE_COLUMNS`), segments in
+    id order and attributes in the order of ``types``:
+
+    - a ``category`` attribute gives the segment's ``top`` categories by
+      share, then ``(other)`` for the rest and ``(missing)`` for customers
+      without a value, so a segment's shares add up to 1: ``customers`` in
+      the segment with the category, ``share`` of the segment's customers,
+      ``base_share`` of all customers, and ``index`` = 100 × share /
+      base_share (100: as common as in the whole base; 200: twice as common);
+    - a numeric attribute (``number``, or a ``date`` as whole years or
+      months) gives one row: ``customers`` with a value, ``share`` of the
+      segment's customers with one, the segment's quartiles ``q1``,
+      ``median``, ``q3`` and the whole base's median ``base_median``.
+    """
+    rows: list[dict] = []
+    segments = sorted(assignments[["segment_id", "segment_name"]].drop_duplicates().itertuples(index=False),
+                      key=lambda r: (len(r[0]), r[0]))  # S2 before S10
+    n_all = len(assignments)
+    for name, kind in types.items():
+        column = assignments[name]
+        if kind == "category":
+            text = column.astype(object).where(column.notna(), MISSING)
+            base = text.value_counts() / n_all if n_all else pd.Series(dtype=float)
+        else:
+            number = pd.to_numeric(column, errors="coerce").astype(float)
+            base_median = float(number.median()) if number.notna().any() else np.nan
+        for sid, sname in segments:
+            in_segment = (assignments["segment_id"] == sid).to_numpy()
+            n = int(in_segment.sum())
+            head = {"segment_id": sid, "segment_name": sname, "attribute": name, "type": kind}
+            if kind != "category":
+                values = number[in_segment].dropna()
+                q1, median, q3 = (values.quantile([0.25, 0.5, 0.75]).tolist() if len(values) else [np.nan] * 3)
+                rows.append({**head, "customers": len(values), "share": len(values) / n if n else np.nan,
+                             "q1": q1, "median": median, "q3": q3, "base_median": base_median})
+                continue
+            counts = text[in_segment].value_counts()
+            known = counts.drop(MISSING, errors="ignore")
+            # Ties in size are broken by the category's text, so the same data give the same table.
+            ranked = sorted(known.items(), key=lambda item: (-item[1], str(item[0])))
+            shown = ranked[:top]
+            rest = sum(c for _, c in ranked[top:])
+            listed = [(str(v), c, base.get(v, 0.0)) for v, c in shown]
+            if rest:
+                listed.append((OTHER, rest, float(base.drop([MISSING, *[v for v, _ in shown]], errors="ignore").sum())))
+            if MISSING in counts:
+                listed.append((MISSING, int(counts[MISSING]), float(base.get(MISSING, 0.0))))
+            for category, count, base_share in listed:
+                share = count / n
+                rows.append({**head, "category": category, "customers": int(count), "share": share,
+                             "base_share": base_share, "index": 100 * share / base_share if base_share else np.nan})
+    return pd.DataFrame(rows, columns=ATTRIBUTE_PROFILE_COLUMNS)

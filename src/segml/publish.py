@@ -40,7 +40,7 @@ from segml.errors import SegmlError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHUNK_ROWS = 50_000
 
 metadata = sa.MetaData()
@@ -104,6 +104,44 @@ current_table = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: The customer attribute columns added to ``segml_assignments`` (one per attribute name, whatever
+#: the segmentation) and their type: ``category``, ``number`` or ``date`` (whole years or months).
+attribute_columns_table = sa.Table(
+    "segml_attribute_columns", metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("type", sa.String(10), nullable=False),
+    sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+campaigns_table = sa.Table(
+    "segml_campaigns", metadata,
+    sa.Column("segmentation", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("sent_date", sa.Date, nullable=False),
+    sa.Column("selection", sa.Text, nullable=False),
+    sa.Column("control_share", sa.Float, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("report_days", sa.Integer, nullable=False),
+    sa.Column("target_customers", sa.Integer, nullable=False),
+    sa.Column("control_customers", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("closed_at", sa.DateTime(timezone=True)),
+)
+
+campaign_members_table = sa.Table(
+    "segml_campaign_members", metadata,
+    sa.Column("segmentation", sa.String(200), primary_key=True),
+    sa.Column("campaign", sa.String(200), primary_key=True),
+    sa.Column("customer_id", sa.String(200), primary_key=True),
+    sa.Column("segment_id", sa.String(20), nullable=False),
+    sa.Column("campaign_group", sa.String(10), nullable=False),
+)
+
+#: The SQL type of an attribute column, by attribute type.
+ATTRIBUTE_SQL_TYPES = {"category": sa.String(200), "number": sa.Float(), "date": sa.Integer()}
+
 CURRENT_VIEW = "segml_current_assignments"
 _CURRENT_VIEW_SQL = f"""
 CREATE VIEW {CURRENT_VIEW} AS
@@ -139,6 +177,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "GROUP BY segmentation) latest ON p.segmentation = latest.segmentation AND p.as_of = latest.as_of",
         "VIEW",
     ],
+    # 3: customer attribute columns (added to segml_assignments as attributes are first published,
+    # recorded here) and campaigns with their target and control members.
+    3: [attribute_columns_table, campaigns_table, campaign_members_table],
 }
 
 
@@ -193,19 +234,56 @@ def ensure_schema(engine: sa.Engine) -> int:
                              f"({SCHEMA_VERSION}); upgrade segml")
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS.get(step, []):
+                if isinstance(statement, sa.Table):
+                    statement.create(connection)
+                    continue
                 for each in _replace_view(connection.dialect.name) if statement == "VIEW" else [statement]:
                     connection.exec_driver_sql(each)
             connection.execute(schema_table.insert().values(version=step, applied_at=dt.datetime.now(dt.UTC)))
         return SCHEMA_VERSION
 
 
-def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetime, source: str) -> pd.DataFrame:
+def _rows(assignments: pd.DataFrame, segmentation: str, published_at: dt.datetime, source: str,
+          attributes: list[str] = ()) -> pd.DataFrame:
     frame = assignments.assign(segmentation=segmentation, published_at=pd.Timestamp(published_at), source=source)
     frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
     frame["segment_changed"] = frame["segment_changed"].astype("boolean")
     frame["previous_segment_id"] = frame["previous_segment_id"].astype(object).where(
         frame["previous_segment_id"].notna(), None)
-    return frame[TABLE_COLUMNS]
+    return frame[[*TABLE_COLUMNS, *attributes]]
+
+
+def attribute_types(connection: sa.Connection) -> dict[str, str]:
+    """The attribute columns of ``segml_assignments`` and their types (none before schema 3)."""
+    if not sa.inspect(connection).has_table(attribute_columns_table.name):
+        return {}
+    rows = connection.execute(sa.select(attribute_columns_table.c.name, attribute_columns_table.c.type)
+                              .order_by(attribute_columns_table.c.added_at, attribute_columns_table.c.name))
+    return dict(rows.all())
+
+
+def add_attribute_columns(connection: sa.Connection, types: dict[str, str]) -> None:
+    """Give ``segml_assignments`` a typed column for every attribute of ``types`` it lacks (rows
+    published before have NULL there), and the current view with them; an attribute published
+    before with another type is an error."""
+    known = attribute_types(connection)
+    clash = {n: (known[n], t) for n, t in types.items() if n in known and known[n] != t}
+    if clash:
+        listed = "; ".join(f"{n!r} is published as a {old} column, now declared as {new}" for n, (old, new) in clash.items())
+        raise SegmlError(f"{listed}: one attribute name has one type in the CRM database; give the attribute "
+                         "another name or its published type")
+    new = [n for n in types if n not in known]
+    if not new:
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    for name in new:
+        sql_type = ATTRIBUTE_SQL_TYPES[types[name]].compile(dialect=connection.dialect)
+        connection.exec_driver_sql(f"ALTER TABLE {assignments_table.name} ADD COLUMN {quote(name)} {sql_type}")
+        connection.execute(attribute_columns_table.insert().values(name=name, type=types[name],
+                                                                   added_at=dt.datetime.now(dt.UTC)))
+    for statement in _replace_view(connection.dialect.name):
+        connection.exec_driver_sql(statement)
+    log.info("added attribute columns %s to %s", new, assignments_table.name)
 
 
 def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
@@ -214,7 +292,7 @@ def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: C
     import pyarrow.csv as pacsv
 
     cursor = connection.connection.driver_connection.cursor()
-    columns = ", ".join(TABLE_COLUMNS)
+    columns = ", ".join(connection.dialect.identifier_preparer.quote(c) for c in rows.columns)
     options = pacsv.WriteOptions(include_header=False)
     with cursor.copy(f"COPY segml_assignments ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
         for start in range(0, len(rows), CHUNK_ROWS):
@@ -229,7 +307,8 @@ def _copy_postgres(connection: sa.Connection, rows: pd.DataFrame, after_chunk: C
 def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Callable[[int], None] | None) -> None:
     """Plain ``executemany`` on the driver, with values already in SQLAlchemy's SQLite storage formats."""
     values = {}
-    for column in TABLE_COLUMNS:
+    columns = list(rows.columns)
+    for column in columns:
         series = rows[column]
         if column in ("segmentation", "as_of", "published_at", "source") and len(series) and series.nunique() == 1:
             # One value for the whole publication: format it once.
@@ -246,9 +325,10 @@ def _insert_rows(connection: sa.Connection, rows: pd.DataFrame, after_chunk: Cal
             series = series.dt.tz_convert("UTC").dt.strftime("%Y-%m-%d %H:%M:%S.%f")
         values[column] = series.astype(object).where(series.notna(), None).tolist()
     cursor = connection.connection.driver_connection.cursor()
-    placeholders = ", ".join("?" for _ in TABLE_COLUMNS)
-    statement = f"INSERT INTO segml_assignments ({', '.join(TABLE_COLUMNS)}) VALUES ({placeholders})"
-    table = list(zip(*(values[c] for c in TABLE_COLUMNS)))
+    placeholders = ", ".join("?" for _ in columns)
+    names = ", ".join(connection.dialect.identifier_preparer.quote(c) for c in columns)
+    statement = f"INSERT INTO segml_assignments ({names}) VALUES ({placeholders})"
+    table = list(zip(*(values[c] for c in columns)))
     for start in range(0, len(table), CHUNK_ROWS):
         cursor.executemany(statement, table[start:start + CHUNK_ROWS])
         if after_chunk:
@@ -307,7 +387,8 @@ def _latest_refit(connection: sa.Connection, segmentation: str) -> str | None:
 def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, assignments: pd.DataFrame,
                         catalogue: pd.DataFrame | None, run_id: str, model_version: int,
                         after_chunk: Callable[[int], None] | None = None, source: str = "refit",
-                        force: bool = False, based_on: str | None = None) -> int:
+                        force: bool = False, based_on: str | None = None,
+                        attributes: dict[str, str] | None = None) -> int:
     """Publish one as-of date of a segmentation in one transaction and make it current; returns the
     rows written.
 
@@ -319,11 +400,15 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
     :class:`StalePublicationError` raised) unless ``force``, as is a refit of
     the same date against a scoring run, and a run ``based_on`` another refit
     than the last one published (:func:`check_base`). ``after_chunk`` is
-    called with the rows written so far after each chunk.
+    called with the rows written so far after each chunk. ``attributes``
+    (name -> ``category``, ``number`` or ``date``) are the customer attribute
+    columns of ``assignments`` to publish; the table gains a typed column
+    for each one it lacks (:func:`add_attribute_columns`).
     """
     ensure_schema(engine)
     published_at = dt.datetime.now(dt.UTC)
-    rows = _rows(assignments, segmentation, published_at, source)
+    attributes = dict(attributes or {})
+    rows = _rows(assignments, segmentation, published_at, source, [a for a in attributes if a in assignments])
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
@@ -339,6 +424,7 @@ def publish_assignments(engine: sa.Engine, segmentation: str, as_of: dt.date, as
                 raise StalePublicationError(
                     f"the refit of {as_of} (run {same_day[1]}) is published; a scoring run of the same date would "
                     "replace its record, so it is not published. Score a later date, or use --force")
+        add_attribute_columns(connection, {a: t for a, t in attributes.items() if a in assignments})
         connection.execute(assignments_table.delete().where(assignments_table.c.segmentation == segmentation,
                                                             assignments_table.c.as_of == as_of))
         connection.execute(publications_table.delete().where(publications_table.c.segmentation == segmentation,
@@ -376,9 +462,14 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def current_view(connection: sa.Connection) -> sa.TableClause:
+    """The current view with its columns: the assignment table's and every attribute column."""
+    return sa.table(CURRENT_VIEW, *[sa.column(c) for c in [*TABLE_COLUMNS, *attribute_types(connection)]])
+
+
 def read_current(engine: sa.Engine, segmentation: str) -> pd.DataFrame:
     """The current assignments of a segmentation (its current publication, see ``segml_current``)."""
-    view = sa.table(CURRENT_VIEW, *[sa.column(c) for c in TABLE_COLUMNS])
     with engine.connect() as connection:
+        view = current_view(connection)
         return typed(pd.read_sql(sa.select(view).where(view.c.segmentation == segmentation)
                                  .order_by(view.c.customer_id), connection))

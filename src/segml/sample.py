@@ -125,6 +125,83 @@ def _add_mess(lines: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return pd.concat([lines, anonymous, duplicates, free, bad_dates, cancelled], ignore_index=True)
 
 
+#: Where each group's customers live (country -> share) and how old they are (youngest, oldest),
+#: so that segments found in behaviour differ in geography and age too.
+GROUP_ATTRIBUTES: dict[str, tuple[dict[str, float], tuple[int, int]]] = {
+    "champions": ({"United Kingdom": 0.55, "Germany": 0.25, "France": 0.1, "Netherlands": 0.1}, (35, 55)),
+    "new": ({"United Kingdom": 0.4, "Germany": 0.15, "France": 0.2, "Spain": 0.25}, (18, 30)),
+    "at_risk": ({"United Kingdom": 0.45, "France": 0.35, "Belgium": 0.2}, (40, 65)),
+    "lost": ({"United Kingdom": 0.35, "Spain": 0.3, "Italy": 0.35}, (25, 70)),
+    "big_spenders": ({"Germany": 0.45, "United Kingdom": 0.25, "Switzerland": 0.3}, (45, 70)),
+}
+
+
+def generate_customers(truth: pd.DataFrame, as_of: dt.date = SAMPLE_AS_OF, seed: int = 0,
+                       messy: bool = True) -> pd.DataFrame:
+    """A customers table for ``truth`` (from :func:`generate_purchases`): ``customer_id``, ``country``
+    and ``birth_date`` (text, ``YYYY-MM-DD``) drawn from :data:`GROUP_ATTRIBUTES` by group.
+
+    With ``messy=True`` about 2% of countries are empty, 1% of birth dates are not dates and a
+    few rows name customers who never bought.
+    """
+    rng = np.random.default_rng([seed, 16])
+    countries, births = [], []
+    for group in truth["group"]:
+        shares, (youngest, oldest) = GROUP_ATTRIBUTES.get(group, ({"United Kingdom": 1.0}, (18, 80)))
+        countries.append(rng.choice(list(shares), p=np.array(list(shares.values())) / sum(shares.values())))
+        age_days = rng.integers(youngest * 365 + 1, (oldest + 1) * 365 - 1)
+        births.append((as_of - dt.timedelta(days=int(age_days))).isoformat())
+    customers = pd.DataFrame({"customer_id": truth["customer_id"].to_numpy(), "country": countries,
+                              "birth_date": births})
+    if messy and len(customers) >= 100:
+        n = len(customers)
+        customers.loc[rng.choice(n, size=n // 50, replace=False), "country"] = ""
+        customers.loc[rng.choice(n, size=n // 100, replace=False), "birth_date"] = "unknown"
+        strangers = pd.DataFrame({"customer_id": [f"9{i:05d}" for i in range(3)], "country": "France",
+                                  "birth_date": "1980-01-01"})
+        customers = pd.concat([customers, strangers], ignore_index=True)
+    return customers
+
+
+def generate_campaign_purchases(members: pd.DataFrame, sent: dt.date, days: int = 30, seed: int = 0,
+                                base_rate: float | dict[str, float] = 0.2,
+                                uplift: dict[str, float] | None = None,
+                                spend_uplift: dict[str, float] | None = None,
+                                order_value: float | dict[str, float] = 50.0) -> pd.DataFrame:
+    """Purchase lines of a campaign's members in the ``days`` after ``sent``, with a planted effect.
+
+    ``members`` has ``customer_id``, ``segment_id`` and ``campaign_group``
+    (``target`` or ``control``). A member buys once in the window with
+    probability ``base_rate`` (per segment id, or one for all) plus, in the
+    target group, ``uplift[segment]`` (0.10 is +10 points); an order is worth
+    about ``order_value`` (lognormal), times ``1 + spend_uplift[segment]``
+    in the target group. Lines have the columns of :data:`SAMPLE_COLUMNS`.
+    """
+    rng = np.random.default_rng([seed, 17])
+    segment = members["segment_id"].astype(str).to_numpy()
+    target = (members["campaign_group"] == "target").to_numpy()
+
+    def per_segment(value: float | dict[str, float] | None, default: float) -> np.ndarray:
+        if isinstance(value, dict):
+            return np.array([value.get(s, default) for s in segment], dtype=float)
+        return np.full(len(segment), default if value is None else value, dtype=float)
+
+    rate = per_segment(base_rate, 0.0) + target * per_segment(uplift, 0.0)
+    buys = rng.random(len(members)) < np.clip(rate, 0, 1)
+    value = per_segment(order_value, 50.0) * (1 + target * per_segment(spend_uplift, 0.0))
+    value = value[buys] * rng.lognormal(0.0, 0.25, size=int(buys.sum()))
+    seconds = rng.integers(0, days * 86400, size=len(value))
+    when = pd.Timestamp(sent) + pd.to_timedelta(seconds, unit="s")
+    return pd.DataFrame({
+        "order_id": [f"K{900001 + i}" for i in range(len(value))],
+        "customer_id": members["customer_id"].to_numpy()[buys],
+        "purchased_at": when.strftime("%Y-%m-%d %H:%M:%S"),
+        "product": "P0001",
+        "quantity": 1,
+        "unit_price": np.round(np.maximum(value, 0.01), 2),
+    })
+
+
 #: The configuration ``segml demo`` uses for the sample data (``configs/sample.yaml`` documents it).
 SAMPLE_CONFIG: dict = {
     "name": "sample",
@@ -145,6 +222,12 @@ SAMPLE_CONFIG: dict = {
     "model": {"algorithm": "kmeans", "k_range": [2, 8], "criterion": "silhouette"},
     "output": {"dir": "outputs"},
     "tracking": {"uri": "sqlite:///mlflow.db", "artifact_location": "mlartifacts"},
+    "customers": {
+        "path": "data/sample_customers.csv",
+        "id": "customer_id",
+        "attributes": {"country": {"column": "country", "type": "category"},
+                       "age": {"column": "birth_date", "type": "date", "unit": "years"}},
+    },
 }
 
 
@@ -155,8 +238,9 @@ def write_sample(folder: Path, n_customers: int = 3000, seed: int = 0) -> Path:
     from segml.outputs import write_csv
 
     folder = Path(folder)
-    lines, _ = generate_purchases(n_customers=n_customers, seed=seed)
+    lines, truth = generate_purchases(n_customers=n_customers, seed=seed)
     write_csv(lines, folder / SAMPLE_CONFIG["data"]["path"])
+    write_csv(generate_customers(truth, seed=seed), folder / SAMPLE_CONFIG["customers"]["path"])
     config_path = folder / "segml.yaml"
     config_path.write_text(yaml.safe_dump(SAMPLE_CONFIG, sort_keys=False), encoding="utf-8")
     return config_path

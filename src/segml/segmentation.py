@@ -19,6 +19,7 @@ import pandas as pd
 
 from segml import features as feature_module
 from segml import quality
+from segml.attributes import Attributes, attach_attributes
 from segml.config import SegmlConfig
 from segml.models import SegmentModel, fit_segments
 from segml.outputs import write_csv_batches
@@ -43,6 +44,8 @@ class Purchases:
     #: None: millions of rejected lines are never held in memory.
     rejected: pd.DataFrame | None
     rejected_file: Path | None = None
+    #: Customer attributes (``customers``, ``data.attributes``) and their accounting; None without any.
+    attributes: Attributes | None = None
 
     @property
     def rejected_table(self) -> pd.DataFrame | Path:
@@ -89,13 +92,15 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
             register_source(con, config.data, config_name)
         report = classify_lines(con, config.data, config.window.at(as_of))
         features, excluded = feature_module.compute_features(con, report.as_of)
+        attributes, features, excluded = attach_attributes(con, config, report.as_of, features, excluded)
         log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
                  excluded["reason"].value_counts().to_dict())
         if rejected_file is not None:
             write_csv_batches(rejected_batches(con), rejected_file)
             return Purchases(report=report, features=features, excluded=excluded, rejected=None,
-                             rejected_file=rejected_file)
-        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con))
+                             rejected_file=rejected_file, attributes=attributes)
+        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con),
+                         attributes=attributes)
     finally:
         if own:
             con.close()
@@ -180,8 +185,9 @@ def describe_segments(features: pd.DataFrame, scored: Quality, config: SegmlConf
 
 
 def build_assignments(features: pd.DataFrame, scored: Quality, segments: pd.DataFrame,
-                      as_of: dt.date) -> pd.DataFrame:
-    """The assignment table: one row per customer with its segment and features."""
+                      as_of: dt.date, attributes: Attributes | None = None) -> pd.DataFrame:
+    """The assignment table: one row per customer with its segment and features, then its
+    attributes (one column each) when there are any."""
     features = features.sort_index()
     by_number = segments.set_index("segment")
     assignments = features.reset_index()
@@ -189,7 +195,11 @@ def build_assignments(features: pd.DataFrame, scored: Quality, segments: pd.Data
     assignments.insert(2, "segment_name", by_number["segment_name"].loc[scored.labels].to_numpy())
     assignments.insert(3, "segment_probability", scored.probability)
     assignments["as_of"] = as_of
-    return assignments[ASSIGNMENT_COLUMNS]
+    assignments = assignments[ASSIGNMENT_COLUMNS]
+    if attributes is None:
+        return assignments
+    values = attributes.values.reindex(assignments["customer_id"])
+    return assignments.assign(**{name: values[name].to_numpy() for name in attributes.specs})
 
 
 def segment_customers(features: pd.DataFrame, config: SegmlConfig, as_of: dt.date) -> SegmentationResult:

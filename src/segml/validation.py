@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from segml.attributes import check_line_attribute_columns
 from segml.config import DataConfig, WindowConfig
 from segml.contract import MAX_ID_LENGTH
 from segml.dialects import DUCKDB, Dialect, sql_string
@@ -271,6 +272,11 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
     else:
         cleaned.append("NULL AS __c_order")
         order_key = day
+    # Attributes read from the lines (data.attributes): cleaned text, kept for used lines only.
+    for name, spec in data.attributes.items():
+        cleaned.append(f"{_text(quote(spec.column), d, markers)} AS __a_{name}")
+    attribute_columns = "".join(f", CASE WHEN __reason IS NULL THEN __a_{name} END AS __a_{name}"
+                                for name in data.attributes)
     prefix = data.returns.cancel_prefix
     cancelled = (f"substring(__c_order, 1, {len(prefix)}) = {d.literal(prefix)}"
                  if prefix and cols.order_id else "false")
@@ -361,7 +367,7 @@ def contract_sql(data: DataConfig, types: dict[str, str], line: str = "row_numbe
                {order_key} AS __order,
                CASE WHEN __reason IS NULL
                     THEN CASE WHEN __ret THEN -{magnitude} ELSE {magnitude} END END AS __amount,
-               CASE WHEN __reason IS NOT NULL THEN {raw_struct} END AS __raw
+               CASE WHEN __reason IS NOT NULL THEN {raw_struct} END AS __raw{attribute_columns}
         FROM classified
     """
 
@@ -387,22 +393,26 @@ def last_valid_sql(data: DataConfig, types: dict[str, str], line: str, d: Dialec
     return f"SELECT max(__ts) FROM ({quick}) AS __quick WHERE __reason IS NULL"
 
 
-def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB, keep: bool = False) -> str:
+def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB, keep: bool = False,
+              attributes: tuple[str, ...] = ()) -> str:
     """The ``purchase_lines`` view over the classified lines: status and reason as of ``as_of``.
 
     ``source`` holds the source's own values of a rejected line (NULL otherwise).
     With ``keep`` (``data.duplicates: keep``) the column ``duplicate`` marks
-    the kept repetitions of an earlier line.
+    the kept repetitions of an earlier line. Each of ``attributes`` (``data.attributes``) is a column
+    ``a_<name>``: the line's value as trimmed text, on used lines only.
     """
+    outer = "".join(f", a_{name}" for name in attributes)
+    inner = "".join(f", __a_{name} AS a_{name}" for name in attributes)
     start_sql = d.timestamp_literal(window_start.isoformat()) if window_start else "NULL"
     as_of_sql = d.timestamp_literal(as_of.isoformat())
     duplicate = ", duplicate" if keep else ""
     return f"""
         SELECT line, customer_id, ts, order_key, amount, is_return, {status_of("reason")} AS status, reason,
-            source{duplicate}
+            source{duplicate}{outer}
         FROM (
             SELECT __line AS line, __cid AS customer_id, __ts AS ts, __order AS order_key,
-                __amount AS amount, __ret AS is_return,
+                __amount AS amount, __ret AS is_return{inner},
                 CASE WHEN __reason IS NOT NULL THEN __reason
                      WHEN __ts >= {as_of_sql} THEN 'after_as_of'
                      WHEN __ts < {start_sql} THEN 'before_window' END AS reason,
@@ -412,16 +422,20 @@ def lines_sql(as_of: dt.date, window_start: dt.date | None, d: Dialect = DUCKDB,
     """
 
 
-def orders_sql(d: Dialect = DUCKDB, keep: bool = False) -> str:
+def orders_sql(d: Dialect = DUCKDB, keep: bool = False, attributes: tuple[str, ...] = ()) -> str:
     """The ``order_lines`` table: ``purchase_lines`` summed per customer, order and reason.
 
     The reason alone tells the status (:func:`status_of`); purchase days
     rather than times (the features count whole days) and no separate
     status keep each of the tens of millions of orders small, which matters
     most once the table outgrows ``duckdb.memory_limit`` and spills. With
-    ``keep``, ``duplicates`` counts the kept repetitions among the lines.
+    ``keep``, ``duplicates`` counts the kept repetitions among the lines. Each of ``attributes``
+    is ``a_<name>``: the value of the latest used line that has one, with its time and line number
+    (a struct, so the latest of a customer's orders is found the same way; DuckDB only).
     """
     duplicates = "count(*) FILTER (WHERE duplicate) AS duplicates," if keep else ""
+    duplicates += "".join(f"max(struct_pack(t := ts, l := line, v := a_{name})) FILTER "
+                          f"(WHERE reason IS NULL AND a_{name} IS NOT NULL) AS a_{name}," for name in attributes)
     return f"""
         SELECT customer_id, order_key, reason, count(*) AS lines, {duplicates}
             max(CAST(ts AS DATE)) FILTER (WHERE NOT is_return) AS last_purchase,
@@ -534,6 +548,8 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     That same read finds a CSV's malformed lines, which then join the source.
     """
     types = column_types(con)
+    if data.attributes:
+        check_line_attribute_columns(list(types), data.attributes)
     hashes = line_hashes(con)
     repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
     n_malformed, malformed_hash_sum = take_malformed_lines(con)
@@ -552,8 +568,9 @@ def classify_lines(con: duckdb.DuckDBPyConnection, data: DataConfig, window: Win
     contract = contract_sql(data, types, line, repeated=f"SELECT __hash FROM {REPEATED}" if len(repeated) else None,
                             malformed=malformed, plausible=plausible)
     con.execute(f"CREATE OR REPLACE VIEW {STAGED} AS {contract}")
-    con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start, keep=keep)}")
-    con.execute(f"CREATE OR REPLACE TABLE {ORDERS} AS {orders_sql(keep=keep)}")
+    names = tuple(data.attributes)
+    con.execute(f"CREATE OR REPLACE VIEW {LINES} AS {lines_sql(as_of, window_start, keep=keep, attributes=names)}")
+    con.execute(f"CREATE OR REPLACE TABLE {ORDERS} AS {orders_sql(keep=keep, attributes=names)}")
     con.execute(f"CREATE OR REPLACE VIEW {REJECTED} AS {rejected_sql()}")
     return build_report(rows_read, con.execute(counts_sql(keep)).fetchall(), as_of, window_start,
                         fingerprint=fingerprint)
