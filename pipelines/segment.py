@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import segml
 from pipelines import publication
+from segml import progress
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
@@ -203,11 +204,20 @@ def run_metrics(purchases: Purchases, scored: Quality, segments: pd.DataFrame) -
 
 @task(cache_policy=NO_CACHE)
 def register_model(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, model: SegmentModel,
-                   segments: pd.DataFrame, assignments: pd.DataFrame,
-                   migration: Migration) -> tuple[pd.DataFrame, int]:
-    """Log and register the model; returns the CRM table (with run id and model version) and the version."""
+                   segments: pd.DataFrame, assignments: pd.DataFrame, migration: Migration,
+                   gates: list | None = None) -> tuple[pd.DataFrame, int]:
+    """Log and register the model, the version described (as-of date, k, segments, gates); returns the
+    CRM table (with run id and model version) and the version."""
     names = {int(r.segment): (r.segment_id, r.segment_name) for r in segments.itertuples()}
-    _, version = tracking.log_model(handle, config, model, names, purchases.features)
+    as_of = purchases.report.as_of.isoformat()
+    failed = [g.describe() for g in gates or [] if not g.passed]
+    gate_state = "failed: " + "; ".join(failed) if failed else ("passed" if gates else "none configured")
+    description = (f"{config.model.algorithm} segmentation of {config.name} as of {as_of}, k = {model.n_segments}: "
+                   + ", ".join(f"{r.segment_id} {r.segment_name} ({r.share:.0%})" for r in segments.itertuples())
+                   + f". Quality gates {gate_state}. Run {handle.run_id}.")
+    tags = {"as_of": as_of, "k": str(model.n_segments), "gates": gate_state,
+            "features": ",".join(model.features), "algorithm": config.model.algorithm}
+    _, version = tracking.log_model(handle, config, model, names, purchases.features, description, tags)
     get_run_logger().info("registered model %r version %d", config.registered_model_name, version)
     return crm_table(assignments, migration, handle.run_id, version), version
 
@@ -216,18 +226,50 @@ def register_model(handle: tracking.RunHandle, config: SegmlConfig, purchases: P
 def record_run(handle: tracking.RunHandle, config: SegmlConfig, purchases: Purchases, candidates: pd.DataFrame,
                metrics: dict[str, float]) -> None:
     """Log params, metrics and a child run per candidate k."""
-    params = tracking.flatten(mask_config(config.model_dump(mode="json")))
-    params.update(as_of=purchases.report.as_of.isoformat(), input_fingerprint=purchases.report.fingerprint,
-                  segml_version=segml.__version__, tracking_uri=mask_url(handle.uri))
+    # The effective configuration: unset values left out, the tracking URI the one in force.
+    params = {k: v for k, v in tracking.flatten(mask_config(config.model_dump(mode="json"))).items() if v != ""}
+    params.update({"as_of": purchases.report.as_of.isoformat(), "input_fingerprint": purchases.report.fingerprint,
+                   "segml_version": segml.__version__, "tracking.uri": mask_url(handle.uri)})
     tracking.log_params_and_metrics(handle, params, metrics)
     tracking.log_candidates(handle, candidates, config.model.algorithm)
+
+
+def report_data(config: SegmlConfig, purchases: Purchases, model: SegmentModel, candidates: pd.DataFrame,
+                scored: Quality, identity: Identity, migration: Migration, shifts: dict[str, float],
+                published: tracking.Published | None, run_id: str, version: int | None,
+                gate_lines: list[str], held_back: str | None, warnings: list[str]) -> report_pages.ReportData:
+    """What the report, the MLflow run's description and the Prefect artifact say about the run."""
+    r = purchases.report
+    m = scored.metrics
+    features = purchases.features
+    excluded = purchases.excluded["reason"].value_counts()
+    facts = [
+        f"As of {r.as_of} ({'all history' if r.window_start is None else f'purchases since {r.window_start}'}): "
+        f"{r.rows_read:,} purchase lines read, {r.rows_used:,} used, {r.rows_rejected:,} rejected, "
+        f"{r.rows_outside_window:,} outside the window; {len(features):,} customers segmented"
+        + (f", {len(purchases.excluded):,} left out ({', '.join(f'{n:,} {why}' for why, n in excluded.items())})"
+           if len(purchases.excluded) else "") + ".",
+        f"{config.model.algorithm} on {', '.join(model.features)}; k = {model.n_segments} chosen by "
+        f"{config.model.criterion} from {candidates['k'].min()} to {candidates['k'].max()}. Homogeneity "
+        f"{m['homogeneity']:.2f}, explained variance {m['explained_variance']:.2f}, silhouette "
+        f"{m['silhouette']:.2f}, stability (ARI) {m['stability_ari']:.2f}.",
+        f"MLflow run {run_id}" + (f", model {config.registered_model_name} version {version}." if version else "."),
+        *gate_lines,
+    ]
+    return report_pages.ReportData(
+        name=config.name, as_of=str(r.as_of), run_id=run_id, version=version, currency=config.naming.currency,
+        unit=frequency_unit(config), segments=identity.segments,
+        base_medians={c: float(features[c].median()) for c in features.columns
+                      if pd.api.types.is_numeric_dtype(features[c])},
+        model_features=list(model.features), facts=facts, held_back=held_back, warnings=warnings,
+        previous_as_of=(published.as_of or None) if published is not None else None, shifts=shifts,
+        migration=migration.summary, matching=identity.matching)
 
 
 @task(cache_policy=NO_CACHE)
 def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, purchases: Purchases,
                  model: SegmentModel, candidates: pd.DataFrame, scored: Quality, identity: Identity,
-                 migration: Migration, assignments: pd.DataFrame, run_id: str, version: int,
-                 gate_lines: list[str]) -> dict[str, Path]:
+                 migration: Migration, assignments: pd.DataFrame, data: report_pages.ReportData) -> dict[str, Path]:
     """Tables, plots and the PDF report of the run, rendered into a staging folder."""
     segments = identity.segments
     features = purchases.features.sort_index()
@@ -235,35 +277,9 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
                                    config.model.criterion, config.model.min_segment_share,
                                    config.naming.currency)
     r = purchases.report
-    m = scored.metrics
-    facts = [
-        f"As of {r.as_of} ({'all history' if r.window_start is None else f'purchases since {r.window_start}'}). "
-        f"{r.rows_read:,} purchase lines read: {r.rows_used:,} used, {r.rows_rejected:,} rejected, "
-        f"{r.rows_outside_window:,} outside the window. {len(features):,} customers segmented, "
-        f"{len(purchases.excluded):,} left out"
-        + (f" ({', '.join(f'{n:,} {reason}' for reason, n in purchases.excluded['reason'].value_counts().items())})"
-           if len(purchases.excluded) else "") + ".",
-        f"{config.model.algorithm} with k = {model.n_segments} chosen by {config.model.criterion} from "
-        f"{candidates['k'].tolist()}. Homogeneity {m['homogeneity']:.2f}, explained variance "
-        f"{m['explained_variance']:.2f}, silhouette {m['silhouette']:.2f}, stability (ARI) "
-        f"{m['stability_ari']:.2f}.",
-        f"MLflow run {run_id}, model {config.registered_model_name} version {version}.",
-        *gate_lines,
-        *[f"Renamed: {c['segment_id']} was \u201c{c['from']}\u201d, now \u201c{c['to']}\u201d "
-          f"({c['why']})." for c in renames(identity)],
-    ]
     if not migration.counts.empty:
         names = dict(zip(identity.catalogue["segment_id"], identity.catalogue["segment_name"]))
         figures["migration"] = plot_migration(migration.shares, migration.counts, names)
-        ms = migration.summary
-        facts.append(f"Against the published run: {ms['customers_in_both']:,.0f} customers in both, "
-                     f"{ms['customers_changed']:,.0f} changed segment ({ms['changed_share']:.1%}), "
-                     f"{ms['customers_new']:,.0f} new, {ms['customers_lapsed']:,.0f} lapsed.")
-    descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, **USED_REASONS, "": "counted in the features"}
-    pages = [report_pages.summary_page(f"Customer segments: {config.name}", facts, segments,
-                                       config.naming.currency, frequency_unit(config)),
-             *figures.values(),
-             report_pages.contract_page(r.as_frame(), descriptions)]
     tables = {
         "segments": segments,
         "candidates": candidates,
@@ -279,13 +295,23 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
     }
     if purchases.attributes is not None:
         tables.update(attribute_tables(assignments, purchases.attributes))
+        data.attributes = tables.get("segment_attributes")
+    descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, **USED_REASONS, "": "counted in the features"}
+    pages = [report_pages.overview_page(data), figures["segment_sizes"],
+             *[report_pages.segment_page(data, row) for _, row in segments.iterrows()],
+             report_pages.changes_page(data), *([figures["migration"]] if "migration" in figures else []),
+             report_pages.appendix_divider(data.facts),
+             *[figures[f] for f in ("k_selection", "silhouette_by_segment", "snake_plot", "feature_distributions",
+                                    "projection_2d")],
+             report_pages.contract_page(r.as_frame(), descriptions), report_pages.glossary_page()]
     if not migration.counts.empty:
         tables["migration_counts"] = migration.counts.reset_index()
         tables["migration_shares"] = migration.shares.reset_index()
     if config.publish.changes_file:
         changes = assignments[assignments["segment_changed"].fillna(True).astype(bool)]
         tables["changes"] = changes
-    written = stage_files(staging, assignments, tables, figures, pages)
+    written = stage_files(staging, assignments, tables, figures, pages,
+                          f"segml · {config.name} · as of {data.as_of} · MLflow run {data.run_id}")
     if config.publish.column_map:
         # The same tables under the CRM's import field names.
         renamed = {"assignments": assignments, **({"changes": tables["changes"]} if "changes" in tables else {})}
@@ -369,23 +395,60 @@ def settle_publications(config: SegmlConfig) -> list[str]:
     return done
 
 
-def segments_artifact(config: SegmlConfig, identity: Identity, as_of: dt.date, run_id: str, version: int,
-                      held_back: str | None = None) -> None:
-    """The segment table as a Prefect artifact (``segments-<name>``), shares as percentages; for a run
-    held back by its gates too, saying so."""
-    pct = lambda v: f"{float(v):.1%}"  # noqa: E731
-    state = (f"**Not published**: {held_back}." if held_back else "Published.")
-    create_table_artifact(
-        key=_artifact_key(config.name),
-        table=[{"segment_id": r.segment_id, "segment_name": r.segment_name, "customers": int(r.size),
-                "share": pct(r.share), "revenue_share": pct(r.revenue_share),
-                "homogeneity": round(float(r.homogeneity), 3),
-                "stability_jaccard": None if np.isnan(r.stability_jaccard) else round(float(r.stability_jaccard), 3),
-                "description": r.description} for r in identity.segments.itertuples()],
-        description=f"Segments of **{config.name}** as of {as_of}; MLflow run `{run_id}`, model version "
-                    f"{version}. {state}"
-                    + "".join(f" Renamed: {c['segment_id']} {c['from']!r} \u2192 {c['to']!r}." for c in renames(identity)),
-    )
+def segments_artifact(config: SegmlConfig, data: report_pages.ReportData, links: dict[str, str]) -> None:
+    """The run's summary as a Prefect markdown artifact (``segments-<name>``): the segment table with
+    shares as percentages and their change, what changed, whether the run was published (a run held
+    back by its gates gets one too, saying why), and links to the MLflow run and the report."""
+    create_markdown_artifact(key=_artifact_key(config.name), markdown=report_pages.markdown_summary(data, links),
+                             description=f"Segments of {config.name} as of {data.as_of}"
+                                         + (" (not published)" if data.held_back else ""))
+
+
+def run_links(handle: tracking.RunHandle, report: Path | None) -> dict[str, str]:
+    """Where to look at the run: its MLflow page (on a tracking server) and the published PDF report
+    (a run not published has its report among the MLflow run's files only)."""
+    links = {}
+    page = tracking.run_url(handle)
+    if page:
+        links["MLflow run"] = page
+    if report is not None:
+        links["report (PDF)"] = report.resolve().as_uri()
+    return links
+
+
+def run_tags(config: SegmlConfig, config_path: Path) -> dict[str, str]:
+    """Who ran what from where: MLflow's user and source tags, the configuration, the data source, and
+    the Prefect flow run (its id, and its page when Prefect has a UI address)."""
+    import getpass
+
+    from prefect.runtime import flow_run
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        user = "unknown"
+    tags = {"mlflow.user": user, "mlflow.source.type": "JOB",
+            "mlflow.source.name": f"segml segment-customers {config_path.name}",
+            "segml.config": str(config_path), "segml.source": data_source(config)[0]}
+    if flow_run.id:
+        tags["segml.prefect.flow_run_id"] = str(flow_run.id)
+        url = flow_run.ui_url
+        if url and url.startswith("http"):
+            tags["segml.prefect.flow_run_url"] = url
+    return tags
+
+
+def data_source(config: SegmlConfig) -> tuple[str, str]:
+    """Where the purchases come from, for the record (a database URL masked): (source, kind)."""
+    import os
+
+    from segml.config import data_url
+
+    data = config.data
+    if data.path:
+        return data.path, "local"
+    where = f"table {data.table}" if data.table else "query"
+    return f"{mask_url(data_url(data, dict(os.environ)) or '')} {where}", "database"
 
 
 def _artifact_key(name: str) -> str:
@@ -425,20 +488,33 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     config_path = Path(config)
     cfg = load_config(config_path)
     as_of = resolve_as_of(as_of, cfg)
-    settle_publications(cfg)
+    progress.step("checking earlier publications")
+    repaired = [f"repaired: {line}" for line in settle_publications(cfg)]
     handle = tracking.start_run(cfg, run_name=f"{cfg.name} as of {as_of or cfg.window.as_of or 'latest'}")
-    tracking.set_tags(handle.uri, handle.run_id, publication.process_tags())
+    tracking.set_tags(handle.uri, handle.run_id, {**publication.process_tags(), **run_tags(cfg, config_path)})
     database, begun, committed = None, False, False
     work = Path(tempfile.mkdtemp(prefix="segml-work-"))
     try:
+        progress.step("reading and checking the purchases")
         purchases = load_purchases(cfg, as_of, str(config_path), work / "rejected_lines.csv")
         as_of = purchases.report.as_of
+        r = purchases.report
+        tracking.set_tags(handle.uri, handle.run_id, {"segml.as_of": as_of.isoformat()})
+        source, kind = data_source(cfg)
+        tracking.log_dataset(handle, cfg.name, source, kind, r.fingerprint, list(cfg.features),
+                             {"lines_read": r.rows_read, "lines_used": r.rows_used, "lines_rejected": r.rows_rejected,
+                              "lines_outside_window": r.rows_outside_window, "customers": len(purchases.features)})
         cfg = cfg.model_copy(update={"window": cfg.window.at(as_of)})  # the run's own date, as recorded
         if not force:
             publication.check_date(cfg, as_of)  # before fitting: a past date would not be published
         features = purchases.features
+        low, high = cfg.model.k_range
+        progress.step(f"fitting {cfg.model.algorithm}" + ("" if cfg.model.n_clusters else f" for k = {low} to {high}")
+                      + f" on {len(features):,} customers")
         model, candidates = choose_and_fit(features, cfg)
+        progress.step("scoring homogeneity and stability")
         scored = score_quality(model, candidates, features, cfg)
+        progress.step("matching with the published segmentation")
         published = fetch_champion(cfg)
         compared_with = published.run_id if published else "none"
         tracking.set_tags(handle.uri, handle.run_id, {"segml.compared_with": compared_with})
@@ -453,32 +529,43 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         gates = evaluate_gates(cfg.gates.thresholds(), metrics, cfg.gates.psi_features or list(cfg.features))
         failed = [g for g in gates if not g.passed]
         metrics.update({f"gate.{g.gate}": float(g.passed) for g in gates}, gates_passed=float(not failed))
-        warnings = run_warnings(purchases, model, cfg)
+        warnings = repaired + run_warnings(purchases, model, cfg)
         for line in warnings:
             logger.warning(line)
         if warnings:
             tracking.set_tags(handle.uri, handle.run_id, {"segml.warnings": " | ".join(warnings)})
-        assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration)
+        progress.step("registering the model")
+        assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration, gates)
         record_run(handle, cfg, purchases, candidates, metrics)
         gate_lines = ([f"Quality gates: {'; '.join(g.describe() for g in gates)}; "
                        + ("FAILED, not published." if failed else "all passed.")] if gates else [])
+        held_back = ("quality gates failed: " + "; ".join(g.describe() for g in failed)) if failed else None
+        data = report_data(cfg, purchases, model, candidates, scored, identity, migration, shifts, published,
+                           handle.run_id, version, gate_lines, held_back, warnings)
         destination = publication.destination_of(cfg, as_of, "refit")
+        links = run_links(handle, destination / "segment_report.pdf")
+        tracking.set_tags(handle.uri, handle.run_id,
+                          {"mlflow.note.content": report_pages.markdown_summary(data, links)})
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
+            progress.step("drawing the figures and the report")
             render_files(staging, cfg, config_path, purchases, model, candidates, scored, identity, migration,
-                         assignments, handle.run_id, version, gate_lines + [f"Warning: {w}" for w in warnings])
+                         assignments, data)
             log_files(handle, staging)
             if failed:
                 tracking.tag_failed_gates(handle, [g.describe() for g in failed])
-                segments_artifact(cfg, identity, as_of, handle.run_id, version,
-                                  "quality gates failed: " + "; ".join(g.describe() for g in failed))
-                raise QualityGateError(
+                segments_artifact(cfg, data, run_links(handle, None))
+                error = QualityGateError(
                     f"{len(failed)} quality gate{'s' if len(failed) > 1 else ''} failed: "
                     + "; ".join(g.describe() for g in failed)
                     + f". The run is recorded in MLflow ({handle.run_id}) but neither promoted nor published; "
                     f"change the gates in the configuration, look into the data, or publish it after review "
                     f"with `segml promote {config_path} {handle.run_id} --reason ...`.")
+                error.summary = run_summary(cfg, handle, version, purchases, model, scored, gates, migration,
+                                            identity, shifts, warnings, None, destination, segments)
+                raise error
             # Every file is logged before the commit, so a crash after it can be finished from MLflow.
+            progress.step("publishing")
             publication.begin(handle.uri, handle.run_id, as_of, "refit", version, destination)
             begun = True
             database = publish_database(cfg, as_of, assignments, identity, handle.run_id, version, force,
@@ -491,12 +578,31 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    segments_artifact(cfg, identity, as_of, handle.run_id, version)
+    segments_artifact(cfg, data, links)
+    summary = run_summary(cfg, handle, version, purchases, model, scored, gates, migration, identity, shifts,
+                          warnings, database, destination, segments)
+    logger.info("segmentation published to %s (MLflow run %s)", destination, handle.run_id)
+    return summary
+
+
+def run_summary(cfg: SegmlConfig, handle: tracking.RunHandle, version: int, purchases: Purchases,
+                model: SegmentModel,
+                scored: Quality, gates: list, migration: Migration, identity: Identity, shifts: dict[str, float],
+                warnings: list[str], database: str | None, destination: Path,
+                segments: pd.DataFrame) -> dict[str, Any]:
+    """What the command line prints: counts, the segments with their change, what changed, gates."""
     r = purchases.report
-    summary = {
+    changes = {k.removeprefix("share_change."): v for k, v in shifts.items() if k.startswith("share_change.")}
+    new_ids = set(identity.matching.loc[identity.matching["outcome"] == "new", "segment_id"])
+    rows = segments[["segment_id", "segment_name", "size", "share", "revenue_share", "homogeneity",
+                     "description"]].to_dict(orient="records")
+    for row in rows:
+        row["share_change"] = None if row["segment_id"] in new_ids else changes.get(row["segment_id"])
+    return {
         "run_id": handle.run_id,
         "experiment": cfg.experiment_name,
         "tracking_uri": mask_url(handle.uri),
+        "open_mlflow": tracking.how_to_open(handle),
         "model_name": cfg.registered_model_name,
         "model_version": version,
         "as_of": r.as_of.isoformat(),
@@ -504,19 +610,20 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         "rows_used": r.rows_used,
         "rows_rejected": r.rows_rejected,
         "rows_outside_window": r.rows_outside_window,
-        "customers": len(features),
+        "customers": len(purchases.features),
         "n_segments": model.n_segments,
         "homogeneity": scored.metrics["homogeneity"],
         "gates": {g.gate: g.passed for g in gates},
+        "gate_results": [g.describe() + (" passed" if g.passed else " FAILED") for g in gates],
         "migration": migration.summary,
+        "psi": {f: shifts[f"psi.{f}"] for f in model.features if f"psi.{f}" in shifts},
         "renamed": renames(identity),
+        "retired": identity.matching.loc[identity.matching["outcome"] == "retired",
+                                         ["segment_id", "previous_segment_name"]].to_dict(orient="records"),
         "warnings": warnings,
         "output_dir": str(destination),
         "database": database,
         "assignments": str(destination / "assignments.csv"),
         "report": str(destination / "segment_report.pdf"),
-        "segments": segments[["segment_id", "segment_name", "size", "share", "revenue_share", "homogeneity",
-                              "description"]].to_dict(orient="records"),
+        "segments": rows,
     }
-    logger.info("segmentation published to %s (MLflow run %s)", destination, handle.run_id)
-    return summary

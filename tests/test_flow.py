@@ -116,8 +116,10 @@ def test_prefect_shows_the_segment_table(flow_run):
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["segments-sample"])))
-    assert artifacts and artifacts[0].type == "table"
-    assert "Champions" in str(artifacts[0].data)
+    assert artifacts and artifacts[0].type == "markdown"
+    text = str(artifacts[0].data)
+    assert "Champions" in text and "| id | segment | customers | share |" in text
+    assert "Published." in text and "report (PDF)](file://" in text
     # The flow run is named after the segmentation and its date, not a random pair of words.
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(artifacts[0].flow_run_id).name == "sample as of latest"
@@ -176,3 +178,31 @@ def test_promoted_run_is_published_to_the_database_and_as_crm_files(flow_run):
     assert len(changes) == 600  # a first run: every customer is new to the CRM
     crm = pd.read_csv(folder / "crm" / "assignments.csv", nrows=1)
     assert crm.columns[:3].tolist() == ["Contact ID", "segment_id", "Segment"]
+
+
+def test_the_report_is_a4_landscape_throughout_with_a_page_per_segment(flow_run):
+    import re
+
+    summary, _, _, _ = flow_run
+    pdf = (Path(summary["output_dir"]) / "segment_report.pdf").read_bytes()
+    sizes = re.findall(rb"/MediaBox \[\s*([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)\s*\]", pdf)
+    assert {tuple(round(float(v)) for v in box) for box in sizes} == {(0, 0, 842, 595)}  # A4 landscape, in points
+    # overview, sizes, one page per segment, what changed, the appendix's divider, five figures, contract, glossary
+    assert len(sizes) == 2 + summary["n_segments"] + 1 + 1 + 5 + 2
+
+
+def test_the_mlflow_run_and_model_version_describe_themselves(flow_run):
+    summary, config, _, client = flow_run
+    run = client.get_run(summary["run_id"])
+    tags = run.data.tags
+    assert tags["segml.as_of"] == "2024-01-01" and tags["mlflow.source.type"] == "JOB"
+    note = tags["mlflow.note.content"]
+    for segment in summary["segments"]:
+        assert f"| {segment['segment_id']} | {segment['segment_name']} | {segment['size']:,} |" in note
+    assert "suggested action" in note and "first published" not in note.lower()
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "sample" and dataset.dataset.digest == run.data.params["input_fingerprint"][:36]
+    assert "" not in run.data.params.values() and run.data.params["tracking.uri"] == config.tracking.uri
+    version = client.get_model_version("segml-sample", str(summary["model_version"]))
+    assert version.description.startswith("kmeans segmentation of sample as of 2024-01-01, k = 5: S1 ")
+    assert version.tags["gates"] in ("passed", "none configured") and version.run_id == summary["run_id"]

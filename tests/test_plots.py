@@ -61,7 +61,7 @@ def test_each_box_summarises_its_own_segment():
     features = pd.DataFrame({"monetary": spend})
     segments = pd.DataFrame({"segment": [0, 1, 2], "segment_id": ["S1", "S2", "S3"], "segment_name": ["a", "b", "c"]})
     fig = plot_feature_distributions(features, labels, segments)
-    medians = [line.get_xdata()[0] for line in fig.axes[0].get_lines() if line.get_color() == "C1"]
+    medians = [line.get_xdata()[0] for line in fig.axes[0].get_lines() if line.get_color() == "black" and line.get_linewidth() == 1.6]
     np.testing.assert_allclose(medians, [np.median(spend[labels == s]) for s in range(3)])
 
 
@@ -90,3 +90,88 @@ def test_log_axes_are_labelled_in_plain_numbers():
     assert not {"2", "5", "20", "200"} & set(many)
     assert narrow == ["10", "20", "30"]
     assert all(not ax.xaxis.get_minorticklocs().size for ax in fig.axes)
+
+
+def _segments(k: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
+    """A k-segment run: long names, one segment holding most revenue (the legend's old spot), features."""
+    rng = np.random.default_rng(k)
+    names = ["Champions, highest spend", "Loyal", "Big spenders", "New", "Promising", "At risk", "Can't lose",
+             "Lost", "Hibernating", "Occasional, lowest spend"]
+    share = np.full(k, 1 / k)
+    revenue = np.full(k, 0.4 / max(k - 1, 1))
+    revenue[-1] = 0.6 if k > 1 else 1.0
+    segments = pd.DataFrame({"segment": range(k), "segment_id": [f"S{i + 1}" for i in range(k)],
+                             "segment_name": names[:k], "share": share, "revenue_share": revenue / revenue.sum(),
+                             "silhouette": rng.uniform(0.1, 0.9, k), "stability_jaccard": rng.uniform(0.95, 1.0, k)})
+    labels = np.repeat(np.arange(k), 60)
+    Z = rng.normal(size=(len(labels), 3)) + labels[:, None]
+    features = pd.DataFrame({"recency_days": rng.integers(1, 700, len(labels)),
+                             "frequency": rng.integers(1, 40, len(labels)),
+                             "monetary": np.exp(rng.normal(5, 1, len(labels))),
+                             "tenure_days": rng.integers(1, 700, len(labels)),
+                             "avg_order_value": np.exp(rng.normal(3, 1, len(labels)))})
+    return segments, features, Z, labels
+
+
+def _candidates() -> pd.DataFrame:
+    ks = np.arange(2, 11)
+    return pd.DataFrame({"k": ks, "silhouette": 0.5 - 0.01 * ks, "calinski_harabasz": 1000.0 / ks,
+                         "davies_bouldin": 0.5 + 0.01 * ks, "bic": np.nan, "inertia": 5000.0 / ks,
+                         "min_share": 0.3 / ks, "eligible": ks < 10, "chosen": ks == 6})
+
+
+def _boxes(fig) -> tuple[list, list]:
+    """The window boxes of every legend, and of every bar, value label, tick label and title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [*fig.legends, *[ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]]
+    obstacles = []
+    for ax in fig.axes:
+        obstacles += [p.get_window_extent(renderer) for p in ax.patches]
+        obstacles += [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]
+        obstacles += [t.get_window_extent(renderer) for t in ax.get_xticklabels() + ax.get_yticklabels()
+                      if t.get_visible() and t.get_text()]
+        obstacles += [t.get_window_extent(renderer) for t in (ax.title, ax.xaxis.label, ax.yaxis.label)
+                      if t.get_text()]
+    if fig._suptitle is not None:
+        obstacles.append(fig._suptitle.get_window_extent(renderer))
+    return [legend.get_window_extent(renderer) for legend in legends], obstacles
+
+
+@pytest.mark.parametrize("k", [2, 6, 10])
+def test_no_legend_covers_a_bar_or_a_label(k):
+    from segml.plots import PAGE, plot_migration, segmentation_figures
+
+    segments, features, Z, labels = _segments(k)
+    figures = segmentation_figures(features, Z, labels, segments, _candidates(),
+                                   ["recency_days", "frequency", "monetary"], "silhouette", 0.02, "£")
+    ids = segments["segment_id"]
+    counts = pd.DataFrame(np.full((k, k), 5), index=ids, columns=ids)
+    figures["migration"] = plot_migration(counts / counts.sum(axis=1).to_numpy()[:, None], counts,
+                                          dict(zip(ids, segments["segment_name"])))
+    for name, fig in figures.items():
+        assert tuple(fig.get_size_inches()) == PAGE, name  # every figure is a report page as it is
+        legends, obstacles = _boxes(fig)
+        for legend in legends:
+            inner = legend.expanded(0.98, 0.98)  # a shared edge pixel is not an overlap
+            hits = [b for b in obstacles if inner.overlaps(b)]
+            assert not hits, f"{name} with {k} segments: the legend covers {len(hits)} bars or labels"
+
+
+def test_k_ticks_are_whole_numbers_and_unused_features_are_labelled():
+    from segml.plots import plot_feature_distributions, plot_k_selection
+
+    fig = plot_k_selection(_candidates().iloc[:3], "silhouette", 0.02)  # k = 2, 3, 4: a 0.5 step by default
+    _boxes(fig)
+    for ax in fig.axes:
+        ticks = ax.get_xticks()
+        assert np.allclose(ticks, np.round(ticks)), ticks
+    segments, features, _, labels = _segments(3)
+    fig = plot_feature_distributions(features, labels, segments, "£", ["recency_days", "frequency", "monetary"])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:3] == ["recency_days", "frequency", "monetary"]
+    assert titles[3:] == ["tenure_days (not used by the model)", "avg_order_value (not used by the model)"]
+    medians = [line for ax in fig.axes for line in ax.lines if line.get_color() == "black" and line.get_linewidth() == 1.6]
+    assert len(medians) == 5 * 3  # one black median line per segment and feature, visible on coloured boxes

@@ -110,8 +110,10 @@ def test_a_failed_gate_fails_the_flow_keeps_the_champion_and_publishes_nothing(p
         (artifact,) = [a for a in prefect_client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
             if a.key == "segments-sample"]
-    assert "Not published" in artifact.description and "min_homogeneity" in artifact.description
-    assert str(artifact.data).count("%") >= 2  # shares as percentages
+    assert "not published" in artifact.description
+    text = str(artifact.data)
+    assert "**Not published**: quality gates failed: min_homogeneity" in text
+    assert text.count("%") >= 2 and "change" in text  # shares as percentages, their change since the champion
 
     client = _client(config_path)
     assert int(client.get_model_version_by_alias("segml-sample", "champion").version) == first["model_version"]

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import os
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +50,8 @@ AsOfOpt = Annotated[
                  help="Compute features as of this date (YYYY-MM-DD); overrides window.as_of."),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Show every log line of Prefect and MLflow (quiet by default: progress and results).")]
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
@@ -72,26 +75,60 @@ def _fail(exc: BaseException, debug: bool) -> None:
     raise typer.Exit(code=1)
 
 
-def _print_summary(summary: dict) -> None:
-    table = Table(title=f"{summary['n_segments']} segments as of {summary['as_of']}, "
-                        f"homogeneity {summary['homogeneity']:.2f}")
-    for column in ("id", "name", "customers", "share", "revenue", "homogeneity"):
+def _segment_table(summary: dict, title: str) -> Table:
+    from segml.report import change_text
+
+    rerun = bool(summary.get("migration", {}).get("customers_in_both") is not None
+                 and "changed_share" in summary.get("migration", {}))
+    table = Table(title=title)
+    columns = ["id", "name", "customers", "share"] + (["change"] if rerun else []) + ["revenue", "homogeneity"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "name" else "right")
     for row in summary["segments"]:
-        table.add_row(str(row["segment_id"]), row["segment_name"], f"{row['size']:,}", f"{row['share']:.0%}",
-                      f"{row['revenue_share']:.0%}", f"{row['homogeneity']:.2f}")
-    out.print(table)
+        cells = [str(row["segment_id"]), row["segment_name"], f"{row['size']:,}", f"{row['share']:.0%}"]
+        if rerun:
+            cells.append(change_text(row.get("share_change")))
+        cells += [f"{row['revenue_share']:.0%}", f"{row['homogeneity']:.2f}"]
+        table.add_row(*cells)
+    return table
+
+
+def _print_summary(summary: dict, held_back: str | None = None) -> None:
+    """The run on stdout: the segments, what changed since the last published run, gates, where things are."""
+    state = "NOT PUBLISHED" if held_back else "published"
+    out.print(_segment_table(summary, f"{summary['n_segments']} segments as of {summary['as_of']}, homogeneity "
+                                      f"{summary['homogeneity']:.2f} ({state})"))
     for row in summary["segments"]:
         out.print(f"  {row['segment_id']} [bold]{row['segment_name']}[/]: {row['description']}", highlight=False)
+    moved = summary.get("migration", {})
+    if "changed_share" in moved:
+        out.print(f"Since the published run: {moved['customers_in_both']:,.0f} customers in both, "
+                  f"{moved['customers_changed']:,.0f} changed segment ({moved['changed_share']:.1%}), "
+                  f"{moved.get('customers_new', 0):,.0f} new, {moved.get('customers_lapsed', 0):,.0f} lapsed.",
+                  highlight=False)
     for change in summary.get("renamed", []):
         out.print(f"  {change['segment_id']} renamed from {change['from']!r} to {change['to']!r}: {change['why']}",
                   highlight=False)
+    for gone in summary.get("retired", []):
+        out.print(f"  {gone['segment_id']} ({gone['previous_segment_name']!r}) retired: no segment matches it now",
+                  highlight=False)
+    if summary.get("psi"):
+        out.print("Drift of the model's features (PSI; above 0.25 is a shift): " + ", ".join(
+            f"{f} {v:.2f}" for f, v in summary["psi"].items()), highlight=False)
+    if summary.get("gate_results"):
+        out.print("Quality gates: " + "; ".join(summary["gate_results"]), highlight=False)
     out.print(f"Lines: {summary['rows_read']:,} read, {summary['rows_used']:,} used, "
               f"{summary['rows_rejected']:,} rejected, {summary['rows_outside_window']:,} outside the window; "
               f"{summary['customers']:,} customers segmented.")
     out.print(f"MLflow: run {summary['run_id']} in experiment {summary['experiment']!r} at "
-              f"{summary['tracking_uri']}; model {summary['model_name']!r} version {summary['model_version']}.")
-    out.print(f"Results are in {summary['output_dir']} (report: segment_report.pdf)")
+              f"{summary['tracking_uri']}; model {summary['model_name']!r} version {summary['model_version']}.",
+              highlight=False)
+    if summary.get("open_mlflow"):
+        out.print(f"Review it in the MLflow UI: {summary['open_mlflow']}", highlight=False, soft_wrap=True)
+    if held_back:
+        out.print(f"[bold red]Not published:[/] {held_back}", highlight=False)
+    else:
+        out.print(f"Results are in {summary['output_dir']} (report: segment_report.pdf)")
     for line in summary.get("warnings", []):
         console.print(f"[bold yellow]warning:[/] {line}", highlight=False)
 
@@ -106,8 +143,28 @@ class _NoTracebackForKnownErrors(logging.Filter):
         return True
 
 
-def _prepare(config: Path, debug: bool) -> None:
-    """Check the configuration, then set up Prefect's logging for the command line."""
+class _OnlyOurs(logging.Filter):
+    """Quiet mode: Prefect's own lines (task states, server start, a failure the command reports itself)
+    stay in the Prefect UI; warnings of segml's modules still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("prefect")
+
+
+class _Progress(logging.Handler):
+    """Shows the step a flow announced (``segml.progress``) beside a spinner on the terminal."""
+
+    def __init__(self, status) -> None:
+        super().__init__(logging.INFO)
+        self.status = status
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.status.update(f"{record.getMessage()}...")
+
+
+def _prepare(config: Path, debug: bool, verbose: bool = False) -> None:
+    """Check the configuration, then set up logging for the command line: quiet unless ``verbose``
+    (or ``debug``), when every line of Prefect and MLflow shows."""
     _quiet_defaults()
     load_config(config)  # fail fast, before starting Prefect, on a bad configuration
     from prefect.logging.configuration import setup_logging
@@ -116,6 +173,29 @@ def _prepare(config: Path, debug: bool) -> None:
         setup_logging()
         for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root logger
             handler.addFilter(_NoTracebackForKnownErrors())
+            if not verbose:
+                handler.addFilter(_OnlyOurs())
+    if not (verbose or debug):
+        # MLflow's store and model progress lines; MLflow sets its level from this when it is imported.
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+@contextmanager
+def _working(verbose: bool):
+    """A spinner with the current step on a terminal (nothing when output is captured or ``verbose``)."""
+    if verbose or not console.is_terminal:
+        yield
+        return
+    progress = logging.getLogger("segml.progress")
+    with console.status("starting (the Prefect server, on a first run, takes a few seconds)...") as status:
+        handler = _Progress(status)
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            progress.removeHandler(handler)
 
 
 ForceOpt = Annotated[bool, typer.Option(
@@ -123,25 +203,39 @@ ForceOpt = Annotated[bool, typer.Option(
 
 
 def _run_pipeline(module: str, name: str, config: Path, as_of: dt.date | None, debug: bool,
-                  force: bool = False) -> dict:
+                  force: bool = False, verbose: bool = False) -> dict:
     import importlib
 
-    _prepare(config, debug)
-    return getattr(importlib.import_module(module), name)(str(config), as_of, force)
+    _prepare(config, debug, verbose)
+    with _working(verbose or debug):
+        return getattr(importlib.import_module(module), name)(str(config), as_of, force)
 
 
-def run_flow(config: Path, as_of: dt.date | None, debug: bool = False, force: bool = False) -> dict:
+def run_flow(config: Path, as_of: dt.date | None, debug: bool = False, force: bool = False,
+             verbose: bool = False) -> dict:
     """Run the segmentation flow on CONFIG; returns its summary."""
-    return _run_pipeline("pipelines.segment", "segment_customers", config, as_of, debug, force)
+    return _run_pipeline("pipelines.segment", "segment_customers", config, as_of, debug, force, verbose)
+
+
+def _held_back(exc: BaseException, debug: bool) -> None:
+    """A run held back by its quality gates: its segment table and why, once, on stdout; exit 1."""
+    from segml.errors import QualityGateError
+
+    if isinstance(exc, QualityGateError) and getattr(exc, "summary", None):
+        _print_summary(exc.summary, held_back=str(exc))
+        console.print("[bold red]error:[/] not published: quality gates failed (see above)", highlight=False)
+        raise typer.Exit(code=1)
+    _fail(exc, debug)
 
 
 @app.command()
-def run(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
+def run(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, verbose: VerboseOpt = False,
+        debug: DebugOpt = False) -> None:
     """Segment the customers of CONFIG's purchases, record the run in MLflow and publish the results."""
     try:
-        summary = run_flow(config, as_of.date() if as_of else None, debug, force)
+        summary = run_flow(config, as_of.date() if as_of else None, debug, force, verbose)
     except Exception as exc:  # noqa: BLE001 - every error ends the command with one message
-        _fail(exc, debug)
+        _held_back(exc, debug)
     _print_summary(summary)
 
 

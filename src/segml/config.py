@@ -370,6 +370,8 @@ class NamingRule(_Strict):
 
     name: str = Field(min_length=1)
     description: str = ""
+    #: What marketing might do with the segment, shown beside it in the report and the CRM catalogue.
+    action: str = ""
     recency: tuple[float, float] = (0.0, 1.0)
     frequency: tuple[float, float] = (0.0, 1.0)
     monetary: tuple[float, float] = (0.0, 1.0)

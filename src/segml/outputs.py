@@ -217,8 +217,9 @@ def save_figures(folder: Path, figures: dict) -> dict[str, Path]:
 
 
 def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame | Path],
-                figures: dict, report_pages: list | None = None) -> dict[str, Path]:
-    """Render a run's files into ``folder`` (a staging area): tables, plots as PNG, the PDF report.
+                figures: dict, report_pages: list | None = None, footer: str = "") -> dict[str, Path]:
+    """Render a run's files into ``folder`` (a staging area): tables, plots as PNG, the PDF report
+    (``footer`` on every page).
 
     Drawing is matplotlib's single-threaded work: the PNGs and the PDF are
     drawn in two worker processes (joblib's, usually already started by the
@@ -234,7 +235,7 @@ def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.Da
 
     drawing = [delayed(save_figures)(folder / "plots", figures)]
     if report_pages is not None:
-        drawing.append(delayed(write_report)(folder / "segment_report.pdf", report_pages))
+        drawing.append(delayed(write_report)(folder / "segment_report.pdf", report_pages, footer))
     with ThreadPoolExecutor(1) as thread:  # waits on the workers while this thread writes the tables
         drawn = thread.submit(workers(min(len(drawing), os.cpu_count() or 1)), drawing)
         written = write_results(folder, assignments, tables)

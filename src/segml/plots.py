@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from sklearn.decomposition import PCA
 
 from segml.features import FEATURE_UNITS
+
+#: Every figure's size: an A4 landscape page, so the PNG files and the report's pages look the same.
+PAGE = (11.69, 8.27)
 
 _MONEY = ("monetary", "avg_order_value")
 _CRITERION_LABELS = {
@@ -22,6 +25,7 @@ _CRITERION_LABELS = {
     "calinski_harabasz": "Calinski–Harabasz (higher is better)",
     "davies_bouldin": "Davies–Bouldin (lower is better)",
     "bic": "BIC (lower is better)",
+    "inertia": "inertia: within-segment sum of squares (lower is tighter)",
     "min_share": "smallest segment share",
 }
 
@@ -37,7 +41,7 @@ def _labels(segments: pd.DataFrame) -> list[str]:
 
 def plot_segment_sizes(segments: pd.DataFrame) -> Figure:
     """Share of customers and share of revenue of every segment."""
-    fig = Figure(figsize=(9, 0.6 * len(segments) + 2), layout="constrained")
+    fig = Figure(figsize=PAGE, layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(segments))
     ax.barh(y - 0.2, 100 * segments["share"], height=0.4, label="customers", color="#4c72b0")
@@ -47,15 +51,16 @@ def plot_segment_sizes(segments: pd.DataFrame) -> Figure:
         ax.text(100 * r + 0.5, yi + 0.2, f"{100 * r:.0f}%", va="center", fontsize=8)
     ax.set_yticks(y, _labels(segments))
     ax.invert_yaxis()
+    ax.set_xlim(0, 100 * max(segments["share"].max(), segments["revenue_share"].max()) * 1.12 + 1)
     ax.set_xlabel("share (%)")
-    ax.set_title("Segment sizes: share of customers and of revenue")
-    ax.legend(loc="lower right")
+    fig.suptitle("Segment sizes: share of customers and of revenue")
+    fig.legend(loc="outside lower center", ncols=2)  # outside the axes: never over a bar
     return fig
 
 
 def plot_snake(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, features: list[str]) -> Figure:
     """Mean of every model feature per segment, in population standard deviations."""
-    fig = Figure(figsize=(9, 5), layout="constrained")
+    fig = Figure(figsize=PAGE, layout="constrained")
     ax = fig.add_subplot()
     std = Z.std(axis=0)
     std[std == 0] = 1.0
@@ -71,8 +76,8 @@ def plot_snake(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, featur
     hints = {"recency_days": "\n(higher = longer ago)", "tenure_days": "\n(higher = longer-standing)"}
     ax.set_xticks(x, [f + hints.get(f, "") for f in features])
     ax.set_ylabel("segment mean (standard deviations from the population mean)")
-    ax.set_title("Snake plot: standardised feature means per segment (model space)")
-    ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Segments in the model's space: each segment's mean of every model feature")
+    fig.legend(fontsize=8, loc="outside right upper")
     return fig
 
 
@@ -109,10 +114,11 @@ def _plain_log_axis(ax, stats: list[dict[str, float]]) -> None:
 
 
 def plot_feature_distributions(features: pd.DataFrame, labels: np.ndarray, segments: pd.DataFrame,
-                               currency: str = "") -> Figure:
-    """Box plots of every feature by segment, in original units (log scale)."""
+                               currency: str = "", model_features: list[str] | None = None) -> Figure:
+    """Box plots of every feature by segment, in original units (log scale); features the model does
+    not use are labelled so."""
     columns = [c for c in FEATURE_UNITS if c in features.columns]
-    fig = Figure(figsize=(11, 3.2 * len(columns)), layout="constrained")
+    fig = Figure(figsize=PAGE, layout="constrained")
     colours = segment_colours(len(segments))
     names = _labels(segments)
     # Customers ordered by segment once: each segment's values are then one slice per feature.
@@ -120,20 +126,29 @@ def plot_feature_distributions(features: pd.DataFrame, labels: np.ndarray, segme
     counts = np.bincount(labels, minlength=int(segments["segment"].max()) + 1)
     ends = np.cumsum(counts)
     starts = ends - counts
+    n_cols = 3 if len(columns) > 4 else 2
+    n_rows = -(-len(columns) // n_cols)
+    size = 8 if len(segments) <= 6 else 6.5
     for i, column in enumerate(columns):
-        ax = fig.add_subplot(len(columns), 1, i + 1)
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
         values = np.clip(features[column].to_numpy(dtype=float)[order], 1e-2, None)
         stats = [box_stats(values[starts[s]:ends[s]]) for s in segments["segment"]]
-        box = ax.bxp(stats, orientation="horizontal", patch_artist=True, showfliers=False, widths=0.6)
+        box = ax.bxp(stats, orientation="horizontal", patch_artist=True, showfliers=False, widths=0.6,
+                     medianprops={"color": "black", "linewidth": 1.6})
         for patch, colour in zip(box["boxes"], colours):
             patch.set_facecolor(colour)
-            patch.set_alpha(0.7)
-        ax.set_yticks(np.arange(1, len(names) + 1), names, fontsize=8)
+            patch.set_alpha(0.55)
+        ax.set_yticks(np.arange(1, len(names) + 1), names if i % n_cols == 0 else [], fontsize=size)
         ax.invert_yaxis()
         _plain_log_axis(ax, stats)
+        ax.tick_params(axis="x", labelsize=7)
         unit = FEATURE_UNITS[column] + (f", {currency}" if currency and column in _MONEY else "")
-        ax.set_xlabel(f"{column} ({unit}, log scale)")
-    fig.suptitle("Feature distributions by segment (boxes: quartiles; whiskers: 1.5 IQR)")
+        used = model_features is None or column in model_features
+        ax.set_title(column + ("" if used else " (not used by the model)"), fontsize=9,
+                     color="black" if used else "#666666")
+        ax.set_xlabel(f"{unit}, log scale", fontsize=8)
+    fig.suptitle("Feature distributions by segment (boxes: middle half of customers; black line: median; "
+                 "whiskers: 1.5 IQR)")
     return fig
 
 
@@ -147,7 +162,7 @@ def plot_projection(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, m
     if P.shape[1] == 1:
         P = np.column_stack([P[:, 0], np.zeros(len(P))])
     ratio = list(pca.explained_variance_ratio_) + [0.0]
-    fig = Figure(figsize=(9, 7), layout="constrained")
+    fig = Figure(figsize=PAGE, layout="constrained")
     ax = fig.add_subplot()
     colours = segment_colours(len(segments))
     for row, label in zip(segments.itertuples(), _labels(segments)):
@@ -156,14 +171,14 @@ def plot_projection(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, m
     ax.set_xlabel(f"first principal component ({100 * ratio[0]:.0f}% of variance)")
     ax.set_ylabel(f"second principal component ({100 * ratio[1]:.0f}% of variance)")
     shown = f"{len(idx):,} of {len(labels):,} customers" if len(idx) < len(labels) else f"{len(idx):,} customers"
-    ax.set_title(f"Customers in two dimensions ({shown})")
-    ax.legend(markerscale=3, fontsize=8)
+    fig.suptitle(f"Customers in two dimensions ({shown}, model space)")
+    fig.legend(markerscale=3, fontsize=8, loc="outside right upper")
     return fig
 
 
 def plot_silhouette(segments: pd.DataFrame) -> Figure:
     """Mean silhouette and stability (Jaccard) of every segment."""
-    fig = Figure(figsize=(9, 0.6 * len(segments) + 2), layout="constrained")
+    fig = Figure(figsize=PAGE, layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(segments))
     ax.barh(y - 0.2, segments["silhouette"], height=0.4, color="#55a868", label="mean silhouette")
@@ -173,16 +188,16 @@ def plot_silhouette(segments: pd.DataFrame) -> Figure:
     ax.invert_yaxis()
     ax.set_xlim(min(-0.1, float(np.nanmin(segments["silhouette"])) - 0.05), 1.0)
     ax.set_xlabel("score (-1 to 1 for silhouette, 0 to 1 for Jaccard; higher is better)")
-    ax.set_title("Separation and stability by segment")
-    ax.legend(loc="lower right")
+    fig.suptitle("Separation and stability by segment")
+    fig.legend(loc="outside lower center", ncols=2)
     return fig
 
 
 def plot_k_selection(candidates: pd.DataFrame, criterion: str, min_share: float) -> Figure:
     """Every criterion against the number of segments, with the chosen k marked."""
-    metrics = [m for m in ("silhouette", "calinski_harabasz", "davies_bouldin", "bic")
-               if candidates[m].notna().any()] + ["min_share"]
-    fig = Figure(figsize=(11, 2.8 * ((len(metrics) + 1) // 2)), layout="constrained")
+    metrics = [m for m in ("silhouette", "calinski_harabasz", "davies_bouldin", "bic", "inertia")
+               if m in candidates and candidates[m].notna().any()] + ["min_share"]
+    fig = Figure(figsize=PAGE, layout="constrained")
     chosen = int(candidates.loc[candidates["chosen"], "k"].iloc[0]) if candidates["chosen"].any() else None
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot((len(metrics) + 1) // 2, 2, i + 1)
@@ -195,11 +210,11 @@ def plot_k_selection(candidates: pd.DataFrame, criterion: str, min_share: float)
             ax.axhline(100 * min_share, color="#c44e52", linestyle="--", linewidth=0.8)
         if chosen is not None:
             ax.axvline(chosen, color="#55a868", linestyle=":", label=f"chosen k = {chosen}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("number of segments k")
         ax.set_ylabel(_CRITERION_LABELS[metric] + (" (%)" if metric == "min_share" else ""), fontsize=8)
         ax.set_title(("▶ " if metric == criterion else "") + metric, fontsize=10)
-        if i == 0:
-            ax.legend(fontsize=7)
+    fig.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=2)
     fig.suptitle(f"Choosing the number of segments (criterion: {criterion})")
     return fig
 
@@ -211,7 +226,7 @@ def segmentation_figures(features: pd.DataFrame, Z: np.ndarray, labels: np.ndarr
     return {
         "segment_sizes": plot_segment_sizes(segments),
         "snake_plot": plot_snake(Z, labels, segments, model_features),
-        "feature_distributions": plot_feature_distributions(features, labels, segments, currency),
+        "feature_distributions": plot_feature_distributions(features, labels, segments, currency, model_features),
         "projection_2d": plot_projection(Z, labels, segments),
         "silhouette_by_segment": plot_silhouette(segments),
         "k_selection": plot_k_selection(candidates, criterion, min_share),
@@ -220,7 +235,7 @@ def segmentation_figures(features: pd.DataFrame, Z: np.ndarray, labels: np.ndarr
 
 def plot_migration(shares: pd.DataFrame, counts: pd.DataFrame, names: dict[str, str]) -> Figure:
     """Heatmap of where the customers of each previous segment are now (row shares, with counts)."""
-    fig = Figure(figsize=(2 + 1.3 * shares.shape[1], 1.5 + 0.7 * shares.shape[0]), layout="constrained")
+    fig = Figure(figsize=PAGE, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(100 * shares.to_numpy(dtype=float), cmap="Blues", vmin=0, vmax=100, aspect="auto")
     for i in range(shares.shape[0]):

@@ -37,19 +37,34 @@ _R = NamingRule
 #: rule's ranges do.
 DEFAULT_RULES: list[NamingRule] = [
     _R(name="Champions", description="buy more often and more recently than most, and spend the most",
+       action="reward them: early access, loyalty perks and referral asks; no discounts needed",
        recency=(0.6, 1), frequency=(0.6, 1), monetary=(0.6, 1)),
-    _R(name="Loyal", description="buy more often than most, and not long ago", recency=(0.4, 1), frequency=(0.6, 1)),
+    _R(name="Loyal", description="buy more often than most, and not long ago",
+       action="keep them close: loyalty programme, cross-sell and upsell to higher-value ranges",
+       recency=(0.4, 1), frequency=(0.6, 1)),
     _R(name="Big spenders", description="spend more than most, on fewer orders",
+       action="give them reasons to come back more often: curated recommendations, premium service",
        recency=(0.4, 1), frequency=(0, 0.6), monetary=(0.7, 1)),
-    _R(name="New", description="first bought only recently", recency=(0.6, 1), tenure=(0, 0.4)),
+    _R(name="New", description="first bought only recently",
+       action="welcome series: help towards a second purchase soon, introduce the range",
+       recency=(0.6, 1), tenure=(0, 0.4)),
     _R(name="Promising", description="bought more recently than most, but not often yet",
+       action="build the habit: offers on what they bought, a nudge towards the next order",
        recency=(0.6, 1), frequency=(0, 0.6)),
     _R(name="At risk", description="used to buy more often than most, but not lately",
+       action="win them back before they go: a personal reminder, an offer on their usual purchases",
        recency=(0, 0.4), frequency=(0.5, 1)),
-    _R(name="Can't lose", description="big spenders who have gone quiet", recency=(0, 0.4), monetary=(0.6, 1)),
-    _R(name="Lost", description="bought rarely, and longer ago than most", recency=(0, 0.25), frequency=(0, 0.5)),
-    _R(name="Hibernating", description="last bought a while ago, and rarely", recency=(0, 0.5), frequency=(0, 0.5)),
-    _R(name="Occasional", description="buy now and then"),
+    _R(name="Can't lose", description="big spenders who have gone quiet",
+       action="reach out personally: a strong win-back offer, ask what changed",
+       recency=(0, 0.4), monetary=(0.6, 1)),
+    _R(name="Lost", description="bought rarely, and longer ago than most",
+       action="low-cost reactivation only: one last offer, then stop spending on them",
+       recency=(0, 0.25), frequency=(0, 0.5)),
+    _R(name="Hibernating", description="last bought a while ago, and rarely",
+       action="occasional low-cost reminders: seasonal offers, best sellers",
+       recency=(0, 0.5), frequency=(0, 0.5)),
+    _R(name="Occasional", description="buy now and then",
+       action="keep in touch: regular newsletters and seasonal campaigns"),
 ]
 
 _SCORE_FEATURE = {"recency": "recency_days", "frequency": "frequency", "monetary": "monetary",
@@ -250,8 +265,8 @@ def name_segments(profile: pd.DataFrame, features: pd.DataFrame, config: NamingC
     (a segment kept from the published run): it keeps that rule while its
     median customer still satisfies it. ``unit`` is what ``frequency``
     counts (``order``, or ``purchase day`` without an order column). Returns ``profile`` with the naming
-    scores and the columns ``rule``, ``segment_name`` and ``description``
-    added.
+    scores and the columns ``rule``, ``segment_name``, ``description`` and
+    ``action`` (the rule's suggested action) added.
     """
     config = config or NamingConfig()
     rules = config.rules or DEFAULT_RULES
@@ -264,6 +279,7 @@ def name_segments(profile: pd.DataFrame, features: pd.DataFrame, config: NamingC
     chosen = [rules[j] if j is not None else NamingRule(name=fallback) for j in positions]
     table["rule"] = [r.name for r in chosen]
     table["description"] = [describe(r, row, config.currency, unit) for r, (_, row) in zip(chosen, table.iterrows())]
+    table["action"] = [r.action for r in chosen]
     table["segment_name"] = _qualify(table, config.currency, unit)
     return table
 

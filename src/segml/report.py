@@ -1,73 +1,484 @@
-"""The PDF segment report: one page per topic, the document a marketing manager receives."""
+"""The PDF segment report and the run's summary in words.
+
+The report has two parts, every page A4 landscape with a footer (the
+segmentation, the as-of date, the run, the page number):
+
+- for marketing: an overview of the segments (size, revenue, change since
+  the last published run, what each is and what to do with it), the sizes
+  chart, a page per segment (its customers against the whole base in plain
+  units, how alike they are, in words) and what changed since the last
+  published run;
+- an appendix for analysts: how k was chosen, separation and stability, the
+  segments in the model's space, the feature distributions, the customers
+  in two dimensions, the data contract and a glossary.
+
+Pages are built from a :class:`ReportData`, computed before anything is
+drawn; :func:`markdown_summary` says the same in a few lines of markdown (the
+MLflow run's description, the Prefect artifact).
+"""
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from segml.outputs import write_atomic
 
+#: Every page and figure of the report: A4 landscape, in inches.
+PAGE = (11.69, 8.27)
+#: Below this homogeneity (model space) a segment is flagged as loose: its customers differ from each
+#: other more than 70% as much as customers overall.
+LOOSE = 0.3
+_INK, _MUTED, _RULE, _FLAG = "#222222", "#666666", "#cccccc", "#b03a2e"
 
-def _table_page(title: str, frame: pd.DataFrame, notes: list[str] | None = None,
-                col_widths: list[float] | None = None) -> Figure:
-    fig = Figure(figsize=(11.69, 8.27))  # A4 landscape
-    fig.text(0.04, 0.95, title, fontsize=16, weight="bold", va="top")
-    y = 0.90
-    for note in notes or []:
-        for line in textwrap.wrap(note, 150) or [""]:
-            fig.text(0.04, y, line, fontsize=9, va="top")
-            y -= 0.028
-    ax = fig.add_axes((0.04, 0.04, 0.92, max(0.1, y - 0.08)))
-    ax.axis("off")
-    table = ax.table(cellText=frame.astype(str).to_numpy(), colLabels=list(frame.columns), loc="upper left",
-                     cellLoc="left", colWidths=col_widths)
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.4)
-    for (row, _), cell in table.get_celld().items():
-        if row == 0:
-            cell.set_text_props(weight="bold")
-            cell.set_facecolor("#e8e8f0")
+
+@dataclass
+class ReportData:
+    """What the report says about one run."""
+
+    name: str
+    as_of: str
+    run_id: str
+    version: int | None
+    currency: str
+    #: What ``frequency`` counts: ``order`` or ``purchase day``.
+    unit: str
+    #: The segments (:func:`segml.segmentation.describe_segments` with their ids).
+    segments: pd.DataFrame
+    #: The whole base's median of every feature.
+    base_medians: dict[str, float]
+    model_features: list[str]
+    #: Facts about the run (lines read, k chosen...), one sentence each.
+    facts: list[str] = field(default_factory=list)
+    #: Whether the run was published; otherwise why not.
+    held_back: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    #: The last published run's as-of date, or None on a first run.
+    previous_as_of: str | None = None
+    #: ``share_change.<id>`` and ``psi.<feature>`` against the last published run.
+    shifts: dict[str, float] = field(default_factory=dict)
+    #: ``customers_in_both``, ``customers_changed``, ``changed_share``, ``customers_new``, ``customers_lapsed``.
+    migration: dict[str, float] = field(default_factory=dict)
+    #: Segment matching (:attr:`segml.identity.Identity.matching`).
+    matching: pd.DataFrame | None = None
+    #: Per segment and attribute (:func:`segml.profiles.attribute_profiles`), when there are attributes.
+    attributes: pd.DataFrame | None = None
+
+
+# --- words --------------------------------------------------------------------------------------
+
+def change_text(delta: float | None) -> str:
+    """A share change in percentage points with an arrow: ``▲ +1.2 pts``, ``▼ -0.8 pts``, ``= 0.0 pts``."""
+    if delta is None or not np.isfinite(delta):
+        return "new"
+    points = 100 * delta
+    if abs(points) < 0.05:
+        return "= 0.0 pts"
+    return f"{'▲' if points > 0 else '▼'} {points:+.1f} pts"
+
+
+_FRACTIONS = [(0.1, "about a tenth as much as"), (0.25, "about a quarter as much as"),
+              (1 / 3, "about a third as much as"), (0.5, "about half as much as"),
+              (2 / 3, "about two thirds as much as"), (0.75, "about three quarters as much as"),
+              (0.9, "almost as much as")]
+
+
+def alike_text(homogeneity: float) -> str:
+    """How alike a segment's customers are, from its homogeneity (1 - the mean ratio of the segment's
+    spread to the whole base's over the model's features): the ratio as the nearest plain fraction."""
+    ratio = 1.0 - homogeneity
+    if ratio < 0.05:
+        words = "far less than"
+    elif ratio >= 0.97:
+        words = "as much as or more than"
+    else:
+        words = min(_FRACTIONS, key=lambda f: abs(f[0] - ratio))[1]
+    return f"customers in this segment differ from each other {words} customers overall"
+
+
+def drift_text(psi: float) -> str:
+    """A population stability index in words (below 0.1 stable, to 0.25 a moderate shift, above a shift)."""
+    if psi < 0.1:
+        return "stable"
+    return "moderate shift" if psi <= 0.25 else "large shift: look into the data"
+
+
+_WHERE = {  # how the naming score of a segment's median customer reads
+    "recency": "bought more recently than {:.0%} of customers",
+    "frequency": "buys more often than {:.0%} of customers",
+    "monetary": "spends more than {:.0%} of customers",
+    "tenure": "has been a customer longer than {:.0%} of customers",
+}
+_SCORE_OF = {"recency_days": "recency", "frequency": "frequency", "monetary": "monetary", "tenure_days": "tenure"}
+
+
+def _money(value: float, currency: str) -> str:
+    return f"{currency}{value:,.0f}" if len(currency) <= 1 else f"{value:,.0f} {currency}"
+
+
+def _measures(unit: str, currency: str) -> list[tuple[str, str, Callable[[float], str]]]:
+    """Feature, label and formatter of each line of a segment's profile."""
+    return [
+        ("recency_days", "days since last purchase", lambda v: f"{v:,.0f} days"),
+        ("frequency", f"{unit}s", lambda v: f"{v:,.0f}"),
+        ("monetary", "net spend", lambda v: _money(v, currency)),
+        ("avg_order_value", f"spend per {unit}", lambda v: _money(v, currency)),
+        ("tenure_days", "customer for", lambda v: f"{v:,.0f} days"),
+    ]
+
+
+def markdown_summary(data: ReportData, links: dict[str, str] | None = None) -> str:
+    """The run in a few lines of markdown: state, the segment table with changes and actions, renames,
+    what changed and warnings; ``links`` (label -> URL) close it."""
+    s = data.segments
+    lines = [f"**{data.name}** as of {data.as_of}: {int(s['size'].sum()):,} customers in {len(s)} segments. "
+             + ("**Not published**: " + data.held_back + "." if data.held_back else "Published."), ""]
+    lines += [f"- {fact}" for fact in data.facts] + [""]
+    first = data.previous_as_of is None
+    head = ["id", "segment", "customers", "share"] + ([] if first else ["change"]) + [
+        "revenue", "homogeneity", "what they are", "suggested action"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in s.itertuples():
+        cells = [r.segment_id, r.segment_name, f"{int(r.size):,}", f"{r.share:.1%}"]
+        if not first:
+            cells.append(change_text(data.shifts.get(f"share_change.{r.segment_id}")
+                                     if not _is_new(data, r.segment_id) else None))
+        cells += [f"{r.revenue_share:.1%}", f"{r.homogeneity:.2f}", str(r.description).replace("|", "/"),
+                  str(getattr(r, "action", "") or "").replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {line}" for line in changes_in_words(data)]
+    lines += [f"- Warning: {w}" for w in data.warnings]
+    if links:
+        lines += ["", " · ".join(f"[{label}]({url})" for label, url in links.items())]
+    return "\n".join(lines).strip() + "\n"
+
+
+def _is_new(data: ReportData, segment_id: str) -> bool:
+    m = data.matching
+    if m is None or "outcome" not in m:
+        return False
+    return bool(((m["segment_id"] == segment_id) & (m["outcome"] == "new")).any())
+
+
+def changes_in_words(data: ReportData) -> list[str]:
+    """What changed since the last published run, one sentence each (nothing on a first run)."""
+    if data.previous_as_of is None:
+        return []
+    m = data.migration
+    out = [f"Since the published run as of {data.previous_as_of}: {m.get('customers_in_both', 0):,.0f} "
+           f"customers in both, {m.get('customers_changed', 0):,.0f} changed segment "
+           f"({m.get('changed_share', 0):.1%}), {m.get('customers_new', 0):,.0f} new, "
+           f"{m.get('customers_lapsed', 0):,.0f} lapsed (not in this run)."]
+    if data.matching is not None and "outcome" in data.matching:
+        for r in data.matching.itertuples():
+            if r.outcome == "renamed":
+                out.append(f"{r.segment_id} renamed: was \u201c{r.previous_segment_name}\u201d, now "
+                           f"\u201c{r.segment_name}\u201d.")
+            elif r.outcome == "retired":
+                out.append(f"{r.segment_id} (\u201c{r.previous_segment_name}\u201d) retired: no segment of this "
+                           "run matches it.")
+            elif r.outcome == "new":
+                out.append(f"{r.segment_id} (\u201c{r.segment_name}\u201d) is new.")
+    psi = {f: data.shifts[f"psi.{f}"] for f in data.model_features if f"psi.{f}" in data.shifts}
+    if psi:
+        out.append("Drift of the model's features: " + "; ".join(
+            f"{f} {drift_text(v)} (PSI {v:.2f})" for f, v in psi.items()) + ".")
+    return out
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+def new_page(title: str, subtitle: str = "") -> Figure:
+    """An empty A4 landscape page with its title."""
+    fig = Figure(figsize=PAGE)
+    fig.text(0.04, 0.95, title, fontsize=17, weight="bold", va="top", color=_INK)
+    if subtitle:
+        fig.text(0.04, 0.905, subtitle, fontsize=10, va="top", color=_MUTED)
     return fig
 
 
-def summary_page(title: str, facts: list[str], segments: pd.DataFrame, currency: str,
-                 unit: str = "order") -> Figure:
-    """The first page: what was segmented and the segments at a glance (``unit``: what frequency counts)."""
-    table = pd.DataFrame({
-        "segment": [f"{r.segment_id}: {r.segment_name}" for r in segments.itertuples()],
-        "customers": [f"{v:,}" for v in segments["size"]],
-        "share": [f"{v:.0%}" for v in segments["share"]],
-        "revenue": [f"{v:.0%}" for v in segments["revenue_share"]],
-        "days since": [f"{v:,.0f}" for v in segments["median_recency_days"]],
-        f"{unit}s": [f"{v:,.0f}" for v in segments["median_frequency"]],
-        f"spend ({currency})": [f"{v:,.0f}" for v in segments["median_monetary"]],
-        "homogeneity": [f"{v:.2f}" for v in segments["homogeneity"]],
-        "stability": [f"{v:.2f}" for v in segments["stability_jaccard"]],
-    })
-    notes = facts + [""] + [f"{r.segment_name}: {r.description}." for r in segments.itertuples()] + [
-        "", f"Days since the last purchase, {unit}s and spend in the table are the segment's median customer's."]
-    return _table_page(title, table, notes, col_widths=[0.22, 0.08, 0.06, 0.07, 0.13, 0.1, 0.12, 0.1, 0.08])
+def paragraph(fig: Figure, x: float, y: float, text: str, width: float, size: float = 10, **kw) -> float:
+    """Text wrapped to ``width`` (a fraction of the page) from ``y`` down; returns the y below it."""
+    chars = max(20, int(width * PAGE[0] * 72 / (size * 0.52)))
+    lines = textwrap.wrap(text, chars) or [""]
+    step = size * 1.45 / 72 / PAGE[1]
+    for line in lines:
+        fig.text(x, y, line, fontsize=size, va="top", color=kw.get("color", _INK), weight=kw.get("weight"))
+        y -= step
+    return y
+
+
+def draw_table(fig: Figure, x: float, y: float, columns: list[tuple[str, float]], rows: list[list[str]],
+               size: float = 9, colours: list[str | None] | None = None) -> float:
+    """A table of wrapped text: ``columns`` are (header, width as a fraction of the page); returns the y
+    below the last row. Row heights follow their longest cell, so nothing is clipped."""
+    step = size * 1.4 / 72 / PAGE[1]
+    pad = 0.4 * step
+
+    def row(cells: list[str], top: float, weight: str | None = None, colour: str | None = None) -> float:
+        left = x
+        height = 1
+        for (_, width), cell in zip(columns, cells):
+            chars = max(4, int(width * PAGE[0] * 72 / (size * 0.55)))
+            wrapped = textwrap.wrap(str(cell), chars) or [""]
+            height = max(height, len(wrapped))
+            for i, line in enumerate(wrapped):
+                fig.text(left + 0.004, top - pad - i * step, line, fontsize=size, va="top", weight=weight,
+                         color=colour or _INK)
+            left += width
+        bottom = top - height * step - 2 * pad
+        fig.add_artist(_rule(x, left, bottom))
+        return bottom
+
+    y = row([h for h, _ in columns], y, weight="bold")
+    for i, cells in enumerate(rows):
+        y = row(cells, y, colour=colours[i] if colours else None)
+    return y
+
+
+def _rule(x0: float, x1: float, y: float):
+    """A thin horizontal line in page coordinates (the figure sets its transform when it is added)."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([x0, x1], [y, y], color=_RULE, linewidth=0.6)
+
+
+def overview_page(data: ReportData) -> Figure:
+    """The segments at a glance: size, revenue, change, what they are and what to do."""
+    s = data.segments
+    state = f"Not published: {data.held_back}" if data.held_back else "Published to the CRM"
+    fig = new_page(f"Customer segments: {data.name}",
+                   f"As of {data.as_of} · {int(s['size'].sum()):,} customers in {len(s)} segments · {state}")
+    first = data.previous_as_of is None
+    columns = [("segment", 0.15), ("customers", 0.075), ("share", 0.055)] + (
+        [] if first else [("change", 0.075)]) + [("revenue", 0.06), ("what they are", 0.25),
+                                                  ("suggested action", 0.255 if not first else 0.33)]
+    rows = []
+    for r in s.itertuples():
+        cells = [f"{r.segment_id} {r.segment_name}", f"{int(r.size):,}", f"{r.share:.0%}"]
+        if not first:
+            cells.append(change_text(None if _is_new(data, r.segment_id)
+                                     else data.shifts.get(f"share_change.{r.segment_id}")))
+        cells += [f"{r.revenue_share:.0%}", str(r.description), str(getattr(r, "action", "") or "")]
+        rows.append(cells)
+    y = draw_table(fig, 0.04, 0.86, columns, rows, size=9)
+    notes = ([f"Change: the segment's share of customers now against the published run as of "
+              f"{data.previous_as_of}, in percentage points."] if not first else
+             ["This is the first published segmentation: changes show from the next run on."])
+    notes += changes_in_words(data)[1:2] if not first else []
+    notes += [f"Warning: {w}" for w in data.warnings]
+    notes += ["", *data.facts[:1], "Each segment has a page of its own; the appendix explains how the segments "
+              "were made and how good they are."]
+    for note in notes:
+        y = paragraph(fig, 0.04, y - 0.015, note, 0.92, size=8.5, color=_MUTED)
+    return fig
+
+
+def segment_page(data: ReportData, segment: pd.Series) -> Figure:
+    """One segment: who its customers are against the whole base, how alike they are, what to do."""
+    sid, name = segment["segment_id"], segment["segment_name"]
+    change = "" if data.previous_as_of is None else (
+        " · new segment" if _is_new(data, sid) else
+        f" · {change_text(data.shifts.get(f'share_change.{sid}'))} since {data.previous_as_of}")
+    fig = new_page(f"{sid} · {name}", f"{int(segment['size']):,} customers ({segment['share']:.0%} of customers, "
+                                      f"{segment['revenue_share']:.0%} of revenue){change}")
+    y = paragraph(fig, 0.04, 0.86, str(segment["description"]) + ".", 0.55, size=11)
+    if segment.get("action"):
+        y = paragraph(fig, 0.04, y - 0.01, f"Suggested action: {segment['action']}.", 0.55, size=11,
+                      weight="bold")
+    rows, colours = [], []
+    for feature, label, fmt in _measures(data.unit, data.currency):
+        if f"median_{feature}" not in segment:
+            continue
+        score = _SCORE_OF.get(feature)
+        if score and score in segment and np.isfinite(segment[score]):
+            words = _WHERE[score].format(segment[score])
+        else:
+            base = data.base_medians.get(feature, np.nan)
+            words = (f"{segment[f'median_{feature}'] / base:.1f} \u00d7 the median of all customers"
+                     if base and np.isfinite(base) else "")
+        marker = " \u2022" if feature in data.model_features else ""
+        if score:
+            words = "the typical customer here " + words
+        rows.append([label + marker, fmt(segment[f"median_{feature}"]), fmt(data.base_medians.get(feature, np.nan)),
+                     words])
+        colours.append(None)
+    y = draw_table(fig, 0.04, y - 0.03, [("", 0.16), ("this segment", 0.095), ("all customers", 0.095),
+                                          ("in words", 0.21)], rows, size=9, colours=colours)
+    y = paragraph(fig, 0.04, y - 0.01, "Medians: half the customers are above, half below. \u2022 used by the model "
+                  "to form the segments.", 0.55, size=8, color=_MUTED)
+    loose = segment["homogeneity"] < LOOSE or segment.get("homogeneity_original", 1.0) < 0
+    alike = (f"How alike: {alike_text(segment['homogeneity'])} (homogeneity {segment['homogeneity']:.2f}; "
+             f"1 = identical, 0 = as varied as the whole base).")
+    y = paragraph(fig, 0.04, y - 0.025, alike, 0.55, size=10)
+    if loose:
+        y = paragraph(fig, 0.04, y - 0.005, "\u26a0 A loose segment: its customers vary a lot, so the medians above "
+                      "describe many of them poorly. Check the distributions in the appendix before targeting it "
+                      "as one group.", 0.55, size=10, color=_FLAG, weight="bold")
+    stability = segment.get("stability_jaccard", np.nan)
+    if stability is not None and np.isfinite(stability):
+        y = paragraph(fig, 0.04, y - 0.01, f"How stable: refitted on resampled customers, the segment came back "
+                      f"with {stability:.0%} of the same customers on average.", 0.55, size=10)
+    if data.attributes is not None and len(data.attributes):
+        _attribute_lines(fig, data.attributes[data.attributes["segment_id"] == sid], y - 0.02)
+    _position_chart(fig, segment)
+    return fig
+
+
+def _attribute_lines(fig: Figure, profile: pd.DataFrame, y: float) -> float:
+    """Who the customers are: the top categories (share and index against the base) and numeric medians."""
+    y = paragraph(fig, 0.04, y, "Who they are", 0.55, size=11, weight="bold")
+    for attribute, rows in profile.groupby("attribute", sort=False):
+        if rows["type"].iloc[0] == "category":
+            top = rows[~rows["category"].isin(["(other)", "(missing)"])].head(4)
+            text = ", ".join(f"{r.category} {r.share:.0%} (index {r.index:.0f})" for r in top.itertuples())
+        else:
+            r = rows.iloc[0]
+            text = (f"median {r['median']:,.0f} (middle half {r['q1']:,.0f} to {r['q3']:,.0f}); "
+                    f"all customers {r['base_median']:,.0f}")
+        y = paragraph(fig, 0.04, y - 0.004, f"{attribute}: {text}", 0.55, size=9)
+    return paragraph(fig, 0.04, y, "Index: 100 = as common as among all customers, 200 = twice as common.",
+                     0.55, size=8, color=_MUTED)
+
+
+def _position_chart(fig: Figure, segment: pd.Series) -> None:
+    """Where the segment's typical customer stands among all customers, 0-100 on each score."""
+    ax = fig.add_axes((0.75, 0.3, 0.21, 0.45))
+    labels = ["bought recently", "buys often", "spends", "customer for long"]
+    values = [100 * float(segment.get(s, np.nan)) for s in ("recency", "frequency", "monetary", "tenure")]
+    y = np.arange(len(labels))
+    ax.barh(y, values, color="#4c72b0", height=0.55)
+    ax.axvline(50, color=_MUTED, linestyle="--", linewidth=0.8)
+    for yi, v in zip(y, values):
+        if np.isfinite(v):
+            ax.text(min(v + 2, 88), yi, f"{v:.0f}", va="center", fontsize=9)
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("position among all customers (0 = lowest, 100 = highest; 50 = typical)", fontsize=8)
+    ax.set_title("Where the typical customer stands", fontsize=10)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def changes_page(data: ReportData) -> Figure:
+    """What changed since the last published run: customers, segments, drift."""
+    if data.previous_as_of is None:
+        fig = new_page("What changed", "First published segmentation")
+        paragraph(fig, 0.04, 0.86, "There is no earlier published segmentation to compare with. From the next "
+                  "run on, this page shows how many customers moved between segments, new and lapsed customers, "
+                  "renamed or retired segments, and whether the customers' behaviour drifted.", 0.9, size=11)
+        return fig
+    fig = new_page("What changed", f"Against the published run as of {data.previous_as_of}")
+    sentences = changes_in_words(data)
+    y = paragraph(fig, 0.04, 0.86, sentences[0], 0.92, size=11)
+    rows = []
+    matching = data.matching if data.matching is not None else pd.DataFrame()
+    for r in data.segments.itertuples():
+        delta = data.shifts.get(f"share_change.{r.segment_id}")
+        new = _is_new(data, r.segment_id)
+        before = "" if new or delta is None else f"{r.share - delta:.1%}"
+        found = matching[matching["segment_id"] == r.segment_id] if len(matching) else matching
+        status = found["outcome"].iloc[0] if len(found) else ""
+        if status == "renamed":
+            status = f"renamed, was \u201c{found['previous_segment_name'].iloc[0]}\u201d"
+        rows.append([f"{r.segment_id} {r.segment_name}", before, f"{r.share:.1%}",
+                     change_text(None if new else delta), status])
+    if len(matching) and "outcome" in matching:
+        for r in matching[matching["outcome"] == "retired"].itertuples():
+            rows.append([f"{r.segment_id} {r.previous_segment_name}", "", "", "retired", "retired"])
+    y = draw_table(fig, 0.04, y - 0.02, [("segment", 0.3), ("share before", 0.12), ("share now", 0.12),
+                                          ("change", 0.12), ("status", 0.3)], rows, size=9.5)
+    psi = {f: data.shifts[f"psi.{f}"] for f in data.model_features if f"psi.{f}" in data.shifts}
+    if psi:
+        y = paragraph(fig, 0.04, y - 0.03, "Did the customers' behaviour drift?", 0.9, size=11, weight="bold")
+        y = draw_table(fig, 0.04, y - 0.01, [("model feature", 0.2), ("drift", 0.35), ("PSI", 0.1)],
+                       [[f, drift_text(v), f"{v:.3f}"] for f, v in psi.items()], size=9.5)
+        paragraph(fig, 0.04, y - 0.015, "PSI (population stability index) compares the spread of each feature "
+                  "with the published run's: below 0.1 stable, 0.1 to 0.25 a moderate shift, above 0.25 a shift "
+                  "worth looking into before trusting the comparison.", 0.9, size=8.5, color=_MUTED)
+    return fig
 
 
 def contract_page(contract: pd.DataFrame, descriptions: dict[str, str]) -> Figure:
     """How every line read was accounted for."""
-    table = contract.assign(
-        lines=contract["lines"].map(lambda v: f"{v:,}"),
-        meaning=contract["reason"].map(lambda r: descriptions.get(r, "")),
-    )
-    return _table_page("Data contract: every line read is used, rejected or outside the window", table,
-                       col_widths=[0.14, 0.2, 0.1, 0.56])
+    fig = new_page("Data contract", "Every line read is used, rejected (kept in rejected_lines.csv with its "
+                   "reason) or outside the as-of window")
+    rows = [[str(r.status), str(r.reason), f"{r.lines:,}", descriptions.get(r.reason, "")]
+            for r in contract.itertuples()]
+    draw_table(fig, 0.04, 0.86, [("status", 0.12), ("reason", 0.2), ("lines", 0.1), ("meaning", 0.5)], rows, size=9)
+    return fig
 
 
-def write_report(path: Path, pages: list[Figure]) -> Path:
-    """Write ``pages`` (figures, in order) as one PDF, atomically."""
+GLOSSARY = [
+    ("segment", "a group of customers who buy alike; its id (S1, S2...) stays the same across reruns, its name "
+                "describes its current behaviour"),
+    ("recency", "days from the last purchase to the as-of date; fewer days = bought more recently"),
+    ("frequency", "number of orders (or purchase days, without an order number) before the as-of date"),
+    ("monetary", "net spend before the as-of date: purchases minus returns"),
+    ("tenure", "days from the first purchase to the as-of date"),
+    ("median", "the middle value: half the customers are above, half below"),
+    ("homogeneity", "1 minus the segment's spread divided by the whole base's spread, averaged over the model's "
+                    "features (in the model's space); 1 = identical customers, 0 = as varied as everyone"),
+    ("silhouette", "how much closer a customer is to its own segment than to the next one, from -1 to 1"),
+    ("stability", "ARI: agreement of refits on resampled customers with the fit (1 = the same segments); "
+                  "Jaccard per segment: share of its customers found together again"),
+    ("PSI", "population stability index: how far a feature's distribution moved since the published run"),
+    ("model space", "the features after the configured transforms (e.g. logarithm) and standardisation, "
+                    "where distances between customers are measured"),
+    ("k", "the number of segments, chosen among the candidates by the configured criterion"),
+    ("quality gate", "a threshold a run must meet before it is published to the CRM"),
+]
+
+
+def glossary_page() -> Figure:
+    fig = new_page("Glossary")
+    draw_table(fig, 0.04, 0.88, [("term", 0.14), ("meaning", 0.78)], [[t, m] for t, m in GLOSSARY], size=9.5)
+    return fig
+
+
+def appendix_divider(facts: list[str]) -> Figure:
+    """The start of the analysts' appendix, with the run's technical facts."""
+    fig = new_page("Appendix for analysts", "How the segments were made and how good they are")
+    y = 0.86
+    for fact in facts:
+        y = paragraph(fig, 0.04, y, fact, 0.92, size=10) - 0.01
+    paragraph(fig, 0.04, y - 0.02, "The pages that follow: choosing the number of segments, separation and "
+              "stability, the segments in the model's space, the feature distributions, the customers in two "
+              "dimensions, the data contract and a glossary.", 0.92, size=10, color=_MUTED)
+    return fig
+
+
+# --- the document -------------------------------------------------------------------------------
+
+def footer(fig: Figure, text: str, number: int, total: int) -> None:
+    fig.text(0.04, 0.018, text, fontsize=7.5, color=_MUTED, va="bottom")
+    fig.text(0.96, 0.018, f"page {number} of {total}", fontsize=7.5, color=_MUTED, va="bottom", ha="right")
+
+
+def as_page(fig: Figure) -> Figure:
+    """A figure on an A4 landscape page, its layout kept clear of the footer."""
+    fig.set_size_inches(*PAGE)
+    engine = fig.get_layout_engine()
+    if engine is not None and hasattr(engine, "set"):
+        engine.set(rect=(0, 0.04, 1, 0.96))
+    return fig
+
+
+def write_report(path: Path, pages: list[Figure], footer_text: str = "") -> Path:
+    """Write ``pages`` (figures, in order) as one PDF of A4 landscape pages with a footer, atomically."""
     def write(tmp: Path) -> None:
         with PdfPages(tmp) as pdf:
-            for page in pages:
+            for number, page in enumerate(pages, start=1):
+                as_page(page)
+                footer(page, footer_text, number, len(pages))
                 pdf.savefig(page)
     return write_atomic(path, write)

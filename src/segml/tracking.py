@@ -33,7 +33,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 import segml
@@ -84,9 +83,9 @@ def _client(uri: str) -> MlflowClient:
     """
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)  # read by MLflow at every request, so setting them now is in time
-    if mask_url(uri) != uri:
-        # MLflow prints "View run ... at <server URI>" whenever a run ends, the URI's password in it.
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow writes "View run ... at <server URI>" on stdout whenever a run on a server ends (the URI's
+    # password in it, once per child run too); segml's summary says where the run is, once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri in _opened or _sqlite_file(uri) is None:
         return _Reaching(MlflowClient(tracking_uri=uri, registry_uri=uri), uri)  # type: ignore[return-value]
     with _store_lock(uri):
@@ -296,6 +295,40 @@ def log_candidates(handle: RunHandle, candidates: pd.DataFrame, algorithm: str) 
     return child_ids
 
 
+def log_dataset(handle: RunHandle, name: str, source: str, source_type: str, digest: str,
+                columns: list[str], profile: dict[str, int]) -> None:
+    """Record the purchases read as the run's training input (an MLflow dataset): where they came from
+    (``source``, masked), their fingerprint as the digest, the feature columns as the schema and the
+    line and customer counts as the profile. The data themselves stay where they are."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import ColSpec, Schema
+
+    schema = Schema([ColSpec("double", column) for column in columns])
+    dataset = Dataset(name=name, digest=digest[:36], source_type=source_type,
+                      source=json.dumps({"uri": mask_url(source)}),
+                      schema=json.dumps({"mlflow_colspec": schema.to_dict()}), profile=json.dumps(profile))
+    _client(handle.uri).log_inputs(handle.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context",
+                                                                                   "training")])])
+
+
+def run_url(handle: RunHandle) -> str | None:
+    """The run's page in the MLflow UI when runs are logged to a tracking server (None for a local store)."""
+    if not handle.uri.startswith(("http://", "https://")):
+        return None
+    return f"{mask_url(handle.uri).rstrip('/')}/#/experiments/{handle.experiment_id}/runs/{handle.run_id}"
+
+
+def how_to_open(handle: RunHandle) -> str:
+    """How to look at the run in the MLflow UI, for any store: its page on a server, else the command."""
+    url = run_url(handle)
+    if url:
+        return f"open {url}"
+    return (f"mlflow ui --backend-store-uri {mask_url(handle.uri)}, then "
+            f"http://127.0.0.1:5000/#/experiments/{handle.experiment_id}/runs/{handle.run_id}")
+
+
 def log_artifacts(handle: RunHandle, folder: Path, artifact_path: str | None = None) -> None:
     _client(handle.uri).log_artifacts(handle.run_id, str(folder), artifact_path)
 
@@ -306,31 +339,78 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "scipy", "mlflow")]
 
 
+class _PickleNotice(logging.Filter):
+    """MLflow warns on every ``log_model`` that a Python object is pickled. segml records the SHA-256 of the
+    model's files at registration and checks it before anything is unpickled (:func:`load_model`), which is
+    the care the notice asks for; only that notice is dropped, every other MLflow warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passing a Python object as `python_model`")
+
+
+logging.getLogger("mlflow.pyfunc").addFilter(_PickleNotice())
+
+
 def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names: dict[int, tuple[str, str]],
-              example: pd.DataFrame) -> tuple[str, int]:
-    """Log the model as a pyfunc, registered under the config's model name; returns (model URI, version).
+              example: pd.DataFrame, description: str = "", tags: dict[str, str] | None = None) -> tuple[str, int]:
+    """Log the model as a pyfunc and register it under the config's model name, the version with
+    ``description`` and ``tags``; returns (model URI, version).
 
     The segml package is shipped with the model (``code_paths``) so it loads
     where segml is not installed.
     """
     pyfunc = SegmentPyfunc(model, names)
     example = example[model.features].head(5)
-    signature = infer_signature(example, pyfunc.predict(None, example))
+    signature = _signature(example)
     with _using(handle.uri), mlflow.start_run(run_id=handle.run_id, nested=mlflow.active_run() is not None):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc,
             signature=signature,
             input_example=example,
-            registered_model_name=config.registered_model_name,
             pip_requirements=_requirements(),
             code_paths=[str(Path(segml.__file__).parent)],
         )
     # Leaving the block ends the run as FINISHED; it is finished only once it is published.
-    _client(handle.uri).update_run(handle.run_id, status="RUNNING")
-    version = int(info.registered_model_version)
+    client = _client(handle.uri)
+    client.update_run(handle.run_id, status="RUNNING")
+    with _using(handle.uri):  # the registry resolves the logged model through the tracking store in force
+        version = _register(client, config.registered_model_name, info, handle.run_id, description, tags or {})
     _record_digest(handle, config.registered_model_name, version, info.model_id)
     return info.model_uri, version
+
+
+def _signature(example: pd.DataFrame):
+    """The model's signature, declared rather than inferred: counts (``frequency``, day counts) are
+    integers (``long``), amounts doubles; the output is the segment id, name and probability. (Inference
+    warns on every integer column that it could not hold a missing value; features never miss one.)"""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    kind = {c: "long" if pd.api.types.is_integer_dtype(t) else "double" for c, t in example.dtypes.items()}
+    return ModelSignature(inputs=Schema([ColSpec(kind[c], c) for c in example.columns]),
+                          outputs=Schema([ColSpec("string", "segment_id"), ColSpec("string", "segment_name"),
+                                          ColSpec("double", "segment_probability")]))
+
+
+def _register(client: MlflowClient, name: str, info: Any, run_id: str, description: str,
+              tags: dict[str, str]) -> int:
+    """A new version of the registered model ``name`` (created on first use) for the logged model ``info``.
+
+    Through the client rather than ``log_model(registered_model_name=...)``, which prints its progress on
+    stderr whatever the logging settings.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="Customer segmentation logged by segml.")
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    found = client.create_model_version(name, source=f"models:/{info.model_id}", run_id=run_id,
+                                        model_id=info.model_id, description=description,
+                                        tags={k: mask_url(str(v))[:5000] for k, v in tags.items()})
+    return int(found.version)
 
 
 def model_digest(folder: Path) -> str:
