@@ -39,16 +39,17 @@ from segml.publish import create_engine
 from segml.segmentation import prepare_purchases
 
 
-def campaign_outcomes(config: SegmlConfig, start: dt.date, end: dt.date,
-                      config_name: str = "the configuration") -> tuple[pd.Series, pd.Series, Any]:
-    """Net spend and whether each customer bought, from ``start`` up to (not including) ``end``, read
-    through the data contract; returns ``(spend, bought, contract report)`` indexed by customer id."""
+def campaign_outcomes(config: SegmlConfig, start: dt.date, end: dt.date, config_name: str = "the configuration",
+                      frame: pd.DataFrame | None = None) -> tuple[pd.Series, pd.Series, Any]:
+    """Net spend and whether each customer bought (at least one purchase, returns aside), from
+    ``start`` up to (not including) ``end``, read through the data contract from the configured
+    source (or ``frame``); returns ``(spend, bought, contract report)`` indexed by customer id."""
     plain = config.model_copy(update={
         "customers": None, "data": config.data.model_copy(update={"attributes": {}}),
         "features": ["recency_days", "frequency", "monetary"], "transform": config.transform.model_copy(
             update={"per_feature": {}}),
         "window": WindowConfig(as_of=end, lookback_days=(end - start).days)})
-    purchases = prepare_purchases(plain, config_name=config_name)
+    purchases = prepare_purchases(plain, frame=frame, config_name=config_name)
     seen = pd.concat([purchases.features.reset_index(),
                       purchases.excluded[purchases.excluded["reason"] != "all_lines_rejected"]], ignore_index=True)
     seen = seen.set_index("customer_id")

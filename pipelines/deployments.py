@@ -1,4 +1,4 @@
-"""Prefect deployments of segml: a refit and a scoring schedule per configuration.
+"""Prefect deployments of segml: a refit, a scoring and a campaign-report schedule per configuration.
 
 Serve them from the repository root with a Prefect server running::
 
@@ -19,19 +19,22 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
+from pipelines.campaigns import report_campaigns
 from pipelines.score import score_customers
 from pipelines.segment import segment_customers
 from segml.config import load_config
 
 
 def build_deployments(config_paths: list[str | Path]) -> list[RunnerDeployment]:
-    """One ``refit-<name>`` and one ``score-<name>`` deployment per configuration with a schedule."""
+    """A ``refit-<name>``, a ``score-<name>`` and a ``campaigns-<name>`` deployment (reporting every
+    open campaign) per configuration, each with its schedule (none where it is ``null``)."""
     deployments = []
     for path in config_paths:
         path = Path(path).resolve()
         config = load_config(path)
         plans = [(segment_customers, "refit", config.schedule.refit_cron),
-                 (score_customers, "score", config.schedule.score_cron)]
+                 (score_customers, "score", config.schedule.score_cron),
+                 (report_campaigns, "campaigns", config.schedule.campaigns_cron)]
         for flow, kind, cron in plans:
             if cron is None:
                 continue

@@ -33,6 +33,7 @@ from pipelines.segment import (
     settle_publications,
 )
 from segml import tracking
+from segml.attributes import with_attributes
 from segml.config import SegmlConfig, load_config
 from segml.errors import SegmlError
 from segml.identity import crm_table, migrate
@@ -150,7 +151,8 @@ def score_customers(config: str | Path, as_of: dt.date | None = None, force: boo
         if not force:
             publication.check_date(cfg, r.as_of)
         previous = publication.crm_assignments(cfg, published)
-        table = assign_customers(model, published, purchases.features, r.as_of, handle.run_id, previous)
+        table = with_attributes(assign_customers(model, published, purchases.features, r.as_of, handle.run_id,
+                                                 previous), purchases.attributes)
         known = table["previous_segment_id"].notna()
         shares = table["segment_id"].value_counts(normalize=True)
         metrics = {"customers": len(table), "customers_new": int((~known).sum()),

@@ -124,14 +124,18 @@ def prefect_harness():
         yield
 
 
-def write_flow_config(folder: Path, n_customers: int = 600, seed: int = 0, **overrides) -> Path:
-    """Sample purchases and a configuration in ``folder`` whose MLflow store and outputs live there too."""
+def write_flow_config(folder: Path, n_customers: int = 600, seed: int = 0, customers: bool = False,
+                      **overrides) -> Path:
+    """Sample purchases and a configuration in ``folder`` whose MLflow store and outputs live there too;
+    with ``customers`` the sample's customers file (country, age) is configured as well."""
     import yaml
 
     from segml.sample import write_sample
 
     path = write_sample(folder, n_customers=n_customers, seed=seed)
     raw = yaml.safe_load(path.read_text())
+    if not customers:
+        raw.pop("customers", None)
     raw["quality"] = {"stability_resamples": 4}
     for section, values in overrides.items():
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values

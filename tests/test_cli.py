@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -158,3 +159,68 @@ def test_an_infrastructure_error_is_one_line_without_a_traceback_or_a_password(s
     assert "Traceback" not in done.stderr and "Pl4ntedSecret" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "OperationalError" in errors[0] and "--debug" in errors[0]
+
+
+def test_demo_shows_countries_and_age_bands_and_reports_a_campaign(demo):
+    result, root = demo
+    assert result.returncode == 0, result.stderr
+    assert "country United Kingdom" in result.stdout and "age " in result.stdout and "(median" in result.stdout
+    assert "Campaign 'demo' sent 2024-01-01" in result.stdout
+    assert "  all: uplift " in result.stdout and "95% interval" in result.stdout
+    report = root / "outputs" / "sample" / "campaigns" / "demo" / "2024-01-31"
+    assert (report / "campaign_report.csv").exists() and (report / "uplift.png").exists()
+    profiles = pd.read_csv(root / "outputs" / "sample" / "2024-01-01" / "segment_attributes.csv")
+    assert set(profiles["attribute"]) == {"country", "age"}
+
+
+def test_a_campaign_holds_out_its_control_group_and_is_reported_before_and_after_its_window(segml_cli, demo):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.campaigns import report_campaigns
+
+    _, root = demo
+    config = str(root / "segml.yaml")
+    listed = root / "spring.csv"
+    args = ["target", config, "--where", "country in ('Germany', 'France') and age >= 30", "--campaign", "spring",
+            "--control", "20%", "--seed", "4", "--sent", "2024-01-01", "--out", str(listed)]
+    result = segml_cli(*args)
+    assert result.returncode == 0, result.stderr
+    written = pd.read_csv(listed, dtype={"customer_id": str})
+    assert set(written["country"]) <= {"Germany", "France"} and (written["age"] >= 30).all()
+    target, control = (int(n) for n in
+                       result.stdout.split("recorded: ")[1].split(" control")[0].replace(",", "").split(" target and "))
+    assert target == len(written) and control > 0
+    again = segml_cli(*args)
+    assert again.returncode == 1 and "already recorded for 'sample'" in again.stderr and "--replace" in again.stderr
+
+    early = segml_cli("campaign", "report", config, "spring", "--as-of", "2024-01-13")
+    assert early.returncode == 0, early.stderr
+    assert "12 of 30 days after 2024-01-01" in early.stdout and "18 days are missing" in early.stderr
+    # The scheduled flow reports every open campaign (the demo's own closed with its report) and closes this one.
+    done = report_campaigns(config, as_of=dt.date(2024, 2, 15))
+    assert [d["campaign"] for d in done] == ["spring"] and done[0]["closed"]
+    assert report_campaigns(config, as_of=dt.date(2024, 2, 16)) == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sample-campaigns")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.params["campaign"] for r in runs} == {"demo", "spring"} and len(runs) == 3
+
+
+def test_the_demo_carries_attributes_to_the_crm_and_to_mlflow(demo):
+    import sqlalchemy as sa
+    from mlflow.tracking import MlflowClient
+
+    _, root = demo
+    folder = root / "outputs" / "sample" / "2024-01-01"
+    assignments = pd.read_parquet(folder / "assignments.parquet")
+    assert assignments.columns.tolist()[-2:] == ["country", "age"] and str(assignments["age"].dtype) == "Int64"
+    engine = sa.create_engine(f"sqlite:///{root / 'outputs' / 'segml.db'}")
+    with engine.connect() as connection:
+        published = pd.read_sql("SELECT customer_id, country, age FROM segml_current_assignments", connection)
+    engine.dispose()
+    assert len(published) == len(assignments) and published["country"].notna().mean() > 0.9
+    contract = pd.read_csv(folder / "attribute_contract.csv")
+    assert {"unknown_customer_id", "missing_value", "unparseable_date"} <= set(contract["reason"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    run_id = pd.read_csv(folder / "assignments.csv")["run_id"].iloc[0]
+    assert "segment_attributes.csv" in {a.path for a in client.list_artifacts(run_id)}

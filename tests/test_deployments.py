@@ -17,8 +17,12 @@ from segml.config import load_config
 
 def test_every_shipped_config_gets_a_refit_and_a_score_deployment():
     deployments = build_deployments([REPO / "configs" / "sample.yaml", REPO / "configs" / "online_retail.yaml"])
-    assert sorted(d.name for d in deployments) == ["refit-online_retail", "refit-sample", "score-online_retail",
+    assert sorted(d.name for d in deployments) == ["campaigns-online_retail", "campaigns-sample",
+                                                   "refit-online_retail", "refit-sample", "score-online_retail",
                                                    "score-sample"]
+    campaigns = next(d for d in deployments if d.name == "campaigns-sample")
+    assert campaigns.entrypoint == "pipelines.campaigns.report_campaigns"
+    assert campaigns.schedules[0].schedule.cron == "0 5 * * *"
     refit = next(d for d in deployments if d.name == "refit-sample")
     assert refit.parameters == {"config": str((REPO / "configs" / "sample.yaml").resolve())}
     assert refit.schedules[0].schedule.cron == "0 3 1 * *"

@@ -375,3 +375,12 @@ def attach_attributes(con, config, as_of: dt.date, features: pd.DataFrame, exclu
     in_model = [f for f in config.features if f in config.attributes]
     features, excluded = model_attributes(features, excluded, attributes, in_model)
     return attributes, features, excluded
+
+
+def with_attributes(table: pd.DataFrame, attributes: Attributes | None) -> pd.DataFrame:
+    """``table`` (one row per ``customer_id``) with one column per attribute, typed, after its own
+    columns; as it is without attributes."""
+    if attributes is None:
+        return table
+    values = attributes.values.reindex(table["customer_id"].astype(str))
+    return table.assign(**{name: values[name].array for name in attributes.specs})

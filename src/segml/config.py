@@ -455,6 +455,8 @@ class ScheduleConfig(_Strict):
 
     refit_cron: str | None = "0 3 1 * *"
     score_cron: str | None = "0 4 * * *"
+    #: Reports of every open campaign (``segml campaign report``), as of the scheduled day.
+    campaigns_cron: str | None = "0 5 * * *"
     timezone: str = "UTC"
 
 

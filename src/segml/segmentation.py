@@ -19,7 +19,7 @@ import pandas as pd
 
 from segml import features as feature_module
 from segml import quality
-from segml.attributes import Attributes, attach_attributes
+from segml.attributes import Attributes, attach_attributes, with_attributes
 from segml.config import SegmlConfig
 from segml.models import SegmentModel, fit_segments
 from segml.outputs import write_csv_batches
@@ -195,11 +195,7 @@ def build_assignments(features: pd.DataFrame, scored: Quality, segments: pd.Data
     assignments.insert(2, "segment_name", by_number["segment_name"].loc[scored.labels].to_numpy())
     assignments.insert(3, "segment_probability", scored.probability)
     assignments["as_of"] = as_of
-    assignments = assignments[ASSIGNMENT_COLUMNS]
-    if attributes is None:
-        return assignments
-    values = attributes.values.reindex(assignments["customer_id"])
-    return assignments.assign(**{name: values[name].to_numpy() for name in attributes.specs})
+    return with_attributes(assignments[ASSIGNMENT_COLUMNS], attributes)
 
 
 def segment_customers(features: pd.DataFrame, config: SegmlConfig, as_of: dt.date) -> SegmentationResult:
