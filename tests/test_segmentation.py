@@ -14,6 +14,7 @@ from segml.segmentation import ASSIGNMENT_COLUMNS, prepare_purchases, segment_cu
 
 def _config(**model):
     raw = {**SAMPLE_CONFIG, "model": {**SAMPLE_CONFIG["model"], **model}, "quality": {"stability_resamples": 3}}
+    raw.pop("customers")  # these tests read purchase frames only
     return parse_config(raw)
 
 
