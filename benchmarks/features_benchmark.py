@@ -22,7 +22,10 @@ and peak resident memory:
 - ``lifetimes``: ``summary_data_from_transaction_data``, when lifetimes is installed;
 - ``polars``: the same aggregation as a Polars lazy query, when Polars is installed;
 - ``spark``: segml's contract and features on Spark in local mode (``engine: spark``),
-  when PySpark is installed.
+  when PySpark is installed;
+- ``spark_bare``: ``duckdb_orders`` written for Spark (per order, then per customer,
+  sorted by customer, to the driver; no check of any line), in the same Spark
+  session as ``spark`` (:func:`segml.spark_engine.session`, the same settings).
 """
 
 from __future__ import annotations
@@ -132,15 +135,35 @@ def run_segml(path: Path) -> int:
 
 
 def run_spark(path: Path) -> int:
+    from segml.engine import open_engine
+
+    config = segml_config(path, engine="spark")
+    with open_engine(config) as engine:
+        engine.spark.sparkContext.setLogLevel("ERROR")
+        engine.read(config.data)
+        report = engine.classify_lines(config.data, config.window)
+        features, _ = engine.features(report.as_of)
+    return len(features)
+
+
+def run_spark_bare(path: Path) -> int:
+    from pyspark.sql import functions as F
+
     from segml import spark_engine
 
     config = segml_config(path, engine="spark")
     spark = spark_engine.session(config.spark)
     spark.sparkContext.setLogLevel("ERROR")
-    spark_engine.read_purchases(spark, config.data)
-    report = spark_engine.classify_lines(spark, config.data, config.window)
-    features, _ = spark_engine.collect_features(spark_engine.compute_features(spark, report.as_of))
-    return len(features)
+    spark_engine.size_partitions(spark, config.spark, config.data)  # as the segml run sizes them
+    lines = spark.read.parquet(str(path)).withColumn(
+        "day", F.to_date(F.to_timestamp("purchased_at", "yyyy-MM-dd HH:mm:ss")))
+    orders = lines.groupBy("customer_id", "order_id").agg(
+        F.max("day").alias("last_day"), F.min("day").alias("first_day"),
+        F.sum(F.col("quantity") * F.col("unit_price")).alias("spend"))
+    customers = orders.groupBy("customer_id").agg(
+        F.max("last_day").alias("last"), F.min("first_day").alias("first"), F.count("*").alias("orders"),
+        F.sum("spend").alias("spend"))
+    return len(customers.orderBy("customer_id").toPandas())
 
 
 def run_polars(path: Path) -> int:
@@ -168,7 +191,8 @@ def run_lifetimes(path: Path) -> int:
 
 
 METHODS = {"pandas": run_pandas, "lifetimes": run_lifetimes, "polars": run_polars, "duckdb_sql": run_duckdb,
-           "duckdb_orders": run_duckdb_orders, "hash_pass": run_hash_pass, "segml": run_segml, "spark": run_spark}
+           "duckdb_orders": run_duckdb_orders, "hash_pass": run_hash_pass, "segml": run_segml, "spark": run_spark,
+           "spark_bare": run_spark_bare}
 
 
 def child(method: str, path: Path) -> None:

@@ -188,6 +188,12 @@ class Dialect:
             return f"date_diff('day', {start}, {end})"
         return f"datediff({end}, {start})"
 
+    @property
+    def rejected_rows(self) -> bool:
+        """Whether ``order_lines`` keeps each rejected line as a row of its own (Spark) rather than
+        a list per order (DuckDB)."""
+        return self.name != "duckdb"
+
     def materialized(self, yes: bool) -> str:
         """The CTE hint for a subquery used twice (DuckDB only)."""
         if self.name != "duckdb":

@@ -69,8 +69,18 @@ def features_sql(as_of: dt.date, d: Dialect = DUCKDB) -> str:
     for a customer who is not segmented, the reason."""
     as_of_sql = f"DATE '{as_of.isoformat()}'"
     not_seen = ", ".join(sql_string(r) for r in (*NO_CUSTOMER_REASONS, *WINDOW_REASONS))
+    # A subquery rather than a WITH clause: Spark does not find its cached order_lines under a WITH.
     return f"""
-        WITH per_customer AS (
+        SELECT customer_id,
+            {d.days_between("last_purchase", as_of_sql)} AS recency_days,
+            frequency,
+            monetary,
+            {d.days_between("first_purchase", as_of_sql)} AS tenure_days,
+            CASE WHEN frequency > 0 THEN monetary / frequency END AS avg_order_value,
+            CASE WHEN frequency = 0 THEN 'no_purchases'
+                 WHEN monetary IS NULL OR NOT {d.is_finite("monetary")} THEN 'non_finite_spend'
+                 WHEN monetary <= 0 THEN 'non_positive_spend' END AS reason
+        FROM (
             SELECT customer_id,
                 max(last_purchase) AS last_purchase,
                 min(first_purchase) AS first_purchase,
@@ -82,17 +92,7 @@ def features_sql(as_of: dt.date, d: Dialect = DUCKDB) -> str:
             FROM {ORDERS}
             WHERE reason IS NULL
             GROUP BY customer_id
-        )
-        SELECT customer_id,
-            {d.days_between("last_purchase", as_of_sql)} AS recency_days,
-            frequency,
-            monetary,
-            {d.days_between("first_purchase", as_of_sql)} AS tenure_days,
-            CASE WHEN frequency > 0 THEN monetary / frequency END AS avg_order_value,
-            CASE WHEN frequency = 0 THEN 'no_purchases'
-                 WHEN monetary IS NULL OR NOT {d.is_finite("monetary")} THEN 'non_finite_spend'
-                 WHEN monetary <= 0 THEN 'non_positive_spend' END AS reason
-        FROM per_customer
+        ) AS per_customer
         UNION ALL
         -- Customers seen only in rejected lines: few, found among the few rejected rows.
         SELECT customer_id, NULL, 0, NULL, NULL, NULL, 'all_lines_rejected'

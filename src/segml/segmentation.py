@@ -1,8 +1,9 @@
 """From purchases to named, scored segments: the steps in order.
 
-:func:`prepare_purchases` is the I/O edge (it reads the source into DuckDB and
-applies the data contract); :func:`segment_customers` is pure: it takes the
-feature table and returns every result as frames. Flows and the command line
+:func:`prepare_purchases` is the I/O edge (it reads the source into the
+configured engine, :mod:`segml.engine`, and applies the data contract);
+:func:`segment_customers` is pure: it takes the feature table and returns
+every result as frames. Flows and the command line
 call these two.
 """
 
@@ -17,15 +18,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from segml import features as feature_module
-from segml import quality
+from segml import duckdb_engine, quality
 from segml.attributes import Attributes, attach_attributes, with_attributes
 from segml.config import SegmlConfig
+from segml.engine import open_engine
 from segml.models import SegmentModel, fit_segments
-from segml.outputs import write_csv_batches
 from segml.profiles import name_segments, profile_segments
-from segml.sources import connect, register_frame, register_source
-from segml.validation import ContractReport, classify_lines, rejected_batches, rejected_lines
+from segml.validation import ContractReport
 
 log = logging.getLogger(__name__)
 
@@ -72,38 +71,25 @@ def prepare_purchases(config: SegmlConfig, frame: pd.DataFrame | None = None,
                       rejected_file: Path | None = None) -> Purchases:
     """Read the configured source (or ``frame``), apply the data contract and compute features.
 
-    ``as_of`` overrides ``window.as_of`` from the configuration. With
-    ``rejected_file`` the rejected lines are written there as CSV a batch at
-    a time instead of being returned as a frame (a file of mostly rejected
-    lines then needs no more memory than a clean one). With ``engine:
-    spark`` the same steps run on Spark (:mod:`segml.spark_engine`) and the
-    features are gathered to this process.
+    The steps run on the engine ``config.engine`` names (:mod:`segml.engine`),
+    or on DuckDB over ``con`` when one is given. ``as_of`` overrides
+    ``window.as_of`` from the configuration. With ``rejected_file`` the
+    rejected lines are written there as CSV instead of being returned as a
+    frame (on DuckDB a batch at a time, so a file of mostly rejected lines
+    needs no more memory than a clean one).
     """
-    if config.engine == "spark" and con is None:
-        from segml import spark_engine
-
-        return spark_engine.prepare_purchases(config, as_of=as_of, config_name=config_name, frame=frame)
-    own = con is None
-    con = con or connect(config.duckdb.memory_limit, config.duckdb.threads, config.duckdb.temp_directory)
-    try:
-        if frame is not None:
-            register_frame(con, frame, config.data.columns, config_name)
-        else:
-            register_source(con, config.data, config_name)
-        report = classify_lines(con, config.data, config.window.at(as_of))
-        features, excluded = feature_module.compute_features(con, report.as_of)
-        attributes, features, excluded = attach_attributes(con, config, report.as_of, features, excluded)
+    engine = duckdb_engine.open_engine(config, con) if con is not None else open_engine(config)
+    with engine:
+        engine.read(config.data, config_name, frame)
+        report = engine.classify_lines(config.data, config.window.at(as_of))
+        features, excluded = engine.features(report.as_of)
+        attributes, features, excluded = attach_attributes(getattr(engine, "con", None), config, report.as_of,
+                                                           features, excluded)
         log.info("%d customers to segment, %d left out (%s)", len(features), len(excluded),
                  excluded["reason"].value_counts().to_dict())
-        if rejected_file is not None:
-            write_csv_batches(rejected_batches(con), rejected_file)
-            return Purchases(report=report, features=features, excluded=excluded, rejected=None,
-                             rejected_file=rejected_file, attributes=attributes)
-        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(con),
-                         attributes=attributes)
-    finally:
-        if own:
-            con.close()
+        rejected = engine.rejected_lines(rejected_file)
+    return Purchases(report=report, features=features, excluded=excluded, rejected=rejected,
+                     rejected_file=rejected_file, attributes=attributes)
 
 
 def fit_model(features: pd.DataFrame, config: SegmlConfig) -> tuple[SegmentModel, pd.DataFrame]:

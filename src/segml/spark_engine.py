@@ -8,7 +8,13 @@ scikit-learn on the driver; :func:`assign_segments` ships the fitted model to
 the executors (a pandas function over Arrow batches) to assign every customer,
 :func:`segment_statistics` computes the homogeneity statistics as Spark
 aggregations, and :func:`write_assignments` writes the table as Parquet and
-over JDBC.
+over JDBC. :class:`SparkEngine` puts these steps behind :class:`segml.engine.Engine`.
+
+The lines are read in three passes: the lines' hashes grouped once (the
+count, the fingerprint and the hashes that repeat, which are few), the
+contract into the per-order summary ``order_lines`` (cached: the counts, the
+features and the rejected lines all read it), and, only without
+``window.as_of``, the last valid purchase before them.
 
 PySpark is an optional extra: ``pip install 'segml[spark]'`` (and Java 17).
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -28,14 +35,17 @@ import pandas as pd
 
 from segml.config import WHITESPACE, CsvOptions, DataConfig, SegmlConfig, SparkConfig, WindowConfig
 from segml.dialects import SPARK, backquote
+from segml.engine import Engine, assign_frame, segment_lookup
 from segml.errors import InputDataError, SegmlError
 from segml.features import features_sql, split_features
 from segml.models import SegmentModel
+from segml.outputs import write_csv
 from segml.sources import LINE, MALFORMED, RAW, check_columns, csv_column_names, file_format, fingerprint_of
 from segml.validation import (
     LINES,
     ORDERS,
     REJECTED,
+    REPEATED,
     STAGED,
     ContractReport,
     build_report,
@@ -57,6 +67,9 @@ log = logging.getLogger(__name__)
 #: The PostgreSQL JDBC driver of Debian's and Ubuntu's package ``libpostgresql-jdbc-java``.
 SYSTEM_POSTGRES_JAR = Path("/usr/share/java/postgresql.jar")
 
+#: Bytes of input files per shuffle partition when segml sizes them (:func:`shuffle_partitions`).
+INPUT_BYTES_PER_PARTITION = 16 << 20
+
 
 def _require_pyspark() -> None:
     try:
@@ -76,7 +89,10 @@ def session(config: SparkConfig) -> SparkSession:
     """The Spark session of ``config``: Spark Connect when ``remote`` is set, else ``master``.
 
     Timestamps are read and compared in UTC, like DuckDB; a local session runs
-    its Python workers with this interpreter.
+    its Python workers with this interpreter. Adaptive query execution is on
+    (Spark's default, set here so a cluster's own defaults cannot turn it off
+    unseen): it joins small shuffle partitions and broadcasts small tables
+    once their size is known.
     """
     _require_pyspark()
     from pyspark.sql import SparkSession
@@ -93,7 +109,8 @@ def session(config: SparkConfig) -> SparkSession:
             builder = builder.config("spark.jars", ",".join(jars))
     builder = (builder.appName(config.app_name)
                .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.sql.adaptive.enabled", "true"))
     if config.partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(config.partitions))
     for key, value in config.conf.items():
@@ -101,6 +118,36 @@ def session(config: SparkConfig) -> SparkSession:
     spark = builder.getOrCreate()
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     return spark
+
+
+def partitions_set(config: SparkConfig) -> bool:
+    """Whether the configuration sets the shuffle partitions itself."""
+    return bool(config.partitions) or "spark.sql.shuffle.partitions" in config.conf
+
+
+def input_bytes(data: DataConfig) -> int | None:
+    """The size of the configured source's local file or folder; None for a database or a URL."""
+    if data.path is None or "://" in data.path or not Path(data.path).exists():
+        return None
+    path = Path(data.path)
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def shuffle_partitions(cores: int, size: int | None) -> int:
+    """Shuffle partitions for ``cores`` task slots (``defaultParallelism``) and ``size`` bytes of
+    input: twice the cores, or one per :data:`INPUT_BYTES_PER_PARTITION` of input when that is more.
+    (Spark's default of 200 made small jobs on few cores several times slower; adaptive execution
+    joins partitions that turn out small, but never splits big ones.)"""
+    return max(2 * cores, math.ceil((size or 0) / INPUT_BYTES_PER_PARTITION))
+
+
+def size_partitions(spark: SparkSession, config: SparkConfig, data: DataConfig) -> None:
+    """Set ``spark.sql.shuffle.partitions`` by :func:`shuffle_partitions` unless the configuration
+    sets it, or the session is Spark Connect's (no cores to count here: the server's setting holds)."""
+    if partitions_set(config) or config.remote:
+        return
+    partitions = shuffle_partitions(spark.sparkContext.defaultParallelism, input_bytes(data))
+    spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -160,6 +207,8 @@ def _parquet_with_line_numbers(spark: SparkSession, path: str) -> DataFrame:
 
     frame = spark.read.parquet(path)
     columns = [backquote(c) for c in frame.columns]
+    if len(frame.inputFiles()) == 1:  # one file: its row positions are the line numbers, no job to count
+        return frame.select(*columns, (F.col("_metadata.row_index") + 1).alias(LINE))
     located = frame.select(*columns, F.col("_metadata.file_path").alias("__file"),
                            F.col("_metadata.row_index").alias("__row"))
     return _number_lines(located, columns, "__file", "string", "__row")
@@ -242,6 +291,21 @@ def column_types(spark: SparkSession) -> dict[str, str]:
 # --- the data contract and the features ------------------------------------------------------------
 
 
+def hash_pass(spark: SparkSession, columns: list[str]) -> tuple[int, int, list[int]]:
+    """The lines read, the sum of their hashes (for the fingerprint) and the hashes that occur
+    more than once, from one pass that groups the lines by the 64-bit hash of their ``columns``.
+
+    Only the lines with a repeated hash can be duplicates; they are usually few, so the list comes
+    to the driver and the contract compares just those lines.
+    """
+    hashed = ", ".join(backquote(c) for c in columns)
+    n, total, repeated = spark.sql(f"""
+        SELECT sum(n), sum(CAST(__hash AS DECIMAL(38, 0)) * n), collect_list(CASE WHEN n > 1 THEN __hash END)
+        FROM (SELECT __hash, count(*) AS n FROM (SELECT xxhash64({hashed}) AS __hash FROM {RAW}) GROUP BY __hash)
+    """).first()
+    return int(n or 0), int(total or 0), list(repeated)
+
+
 def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig,
                    today: dt.date | None = None) -> ContractReport:
     """The data contract on Spark: the views ``purchase_lines`` and ``rejected_lines``, the table
@@ -249,20 +313,20 @@ def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig,
     types = column_types(spark)
     malformed, keep = MALFORMED in spark.table(RAW).columns, data.duplicates == "keep"
     plausible = plausible_dates(data, today)
+    rows, hash_sum, repeated = hash_pass(spark, list(types))
+    if repeated:
+        spark.createDataFrame([(h,) for h in repeated], "__hash long").createOrReplaceTempView(REPEATED)
     last = (spark.sql(last_valid_sql(data, types, LINE, SPARK, malformed, plausible)).first()[0]
             if window.as_of is None else None)
     as_of, window_start = window_of(window, last)
-    spark.sql(contract_sql(data, types, LINE, SPARK, malformed=malformed, plausible=plausible)
-              ).createOrReplaceTempView(STAGED)
+    spark.sql(contract_sql(data, types, LINE, SPARK, repeated=f"SELECT __hash FROM {REPEATED}" if repeated else None,
+                           malformed=malformed, plausible=plausible)).createOrReplaceTempView(STAGED)
     spark.sql(lines_sql(as_of, window_start, SPARK, keep)).createOrReplaceTempView(LINES)
     spark.sql(orders_sql(SPARK, keep)).persist().createOrReplaceTempView(ORDERS)
     spark.sql(rejected_sql(SPARK)).createOrReplaceTempView(REJECTED)
     counts = [(r["status"], r["reason"], int(r["n"]), r["last_purchase"], int(r["duplicates"] or 0))
               for r in spark.sql(counts_sql(keep)).collect()]
-    # The lines read and the fingerprint of their content, in one pass.
-    columns = ", ".join(backquote(c) for c in types)
-    rows, total = spark.sql(f"SELECT count(*), sum(CAST(xxhash64({columns}) AS DECIMAL(38, 0))) FROM {RAW}").first()
-    return build_report(rows, counts, as_of, window_start, fingerprint=fingerprint_of(rows, int(total or 0)))
+    return build_report(rows, counts, as_of, window_start, fingerprint=fingerprint_of(rows, hash_sum))
 
 
 def compute_features(spark: SparkSession, as_of: dt.date) -> DataFrame:
@@ -287,24 +351,10 @@ def rejected_lines(spark: SparkSession) -> pd.DataFrame:
     return frame
 
 
-def prepare_purchases(config: SegmlConfig, as_of: dt.date | None = None, config_name: str = "the configuration",
-                      spark: SparkSession | None = None, frame: pd.DataFrame | None = None):
-    """:func:`segml.segmentation.prepare_purchases` on Spark: the same :class:`Purchases`."""
-    from segml.segmentation import Purchases
-
-    spark = spark or session(config.spark)
-    if frame is not None:
-        register_frame(spark, frame)
-        check_columns(list(frame.columns), config.data.columns, config_name)
-    else:
-        read_purchases(spark, config.data, config_name)
-    try:
-        report = classify_lines(spark, config.data, config.window.at(as_of))
-        features, excluded = collect_features(compute_features(spark, report.as_of))
-        return Purchases(report=report, features=features, excluded=excluded, rejected=rejected_lines(spark))
-    finally:
-        if spark.catalog.tableExists(ORDERS):
-            spark.catalog.uncacheTable(ORDERS)
+def uncache(spark: SparkSession) -> None:
+    """Free the per-order summary :func:`classify_lines` cached."""
+    if spark.catalog.tableExists(ORDERS):
+        spark.catalog.uncacheTable(ORDERS)
 
 
 # --- assigning every customer on the executors --------------------------------------------------
@@ -328,8 +378,7 @@ def assign_segments(features: DataFrame, model: SegmentModel, segments: pd.DataF
         StructType,
     )
 
-    ids = segments.set_index("segment")["segment_id"].reindex(range(model.n_segments)).to_numpy()
-    names = segments.set_index("segment")["segment_name"].reindex(range(model.n_segments)).to_numpy()
+    ids, names = segment_lookup(segments, model.n_segments)
     kept = [f for f in features.schema.fields if f.name != "reason"]
     extra = [StructField("segment", IntegerType(), False), StructField("segment_id", StringType(), False),
              StructField("segment_name", StringType(), False), StructField("segment_probability", DoubleType(), False)]
@@ -339,17 +388,7 @@ def assign_segments(features: DataFrame, model: SegmentModel, segments: pd.DataF
 
     def assign(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            batch = batch.drop(columns="reason", errors="ignore")
-            Z = model.transform(batch)
-            labels = model.labels_of(Z)
-            batch["segment"] = labels.astype("int32")
-            batch["segment_id"] = ids[labels]
-            batch["segment_name"] = names[labels]
-            batch["segment_probability"] = model.proba_of(Z).max(axis=1)
-            if with_model_space:
-                for i, feature in enumerate(model.features):
-                    batch[f"z_{feature}"] = Z[:, i]
-            yield batch
+            yield assign_frame(batch.drop(columns="reason", errors="ignore"), model, ids, names, with_model_space)
 
     to_segment = features.where("reason IS NULL") if "reason" in features.columns else features
     return to_segment.mapInPandas(assign, schema)
@@ -415,6 +454,7 @@ def score_customers(spark: SparkSession, config: SegmlConfig, model: SegmentMode
     from segml.contract import CRM_COLUMNS
 
     read_purchases(spark, config.data, config_name)
+    size_partitions(spark, config.spark, config.data)
     report = classify_lines(spark, config.data, config.window.at(as_of))
     assigned = assign_segments(compute_features(spark, report.as_of), model, segments)
     if previous is not None and len(previous):
@@ -431,3 +471,53 @@ def score_customers(spark: SparkSession, config: SegmlConfig, model: SegmentMode
              .withColumn("model_version", F.lit(int(model_version)))
              .select(*CRM_COLUMNS))
     return report, rejected_lines(spark), table
+
+
+# --- the engine interface ----------------------------------------------------------------------
+
+
+class SparkEngine(Engine):
+    """The steps of :class:`segml.engine.Engine` in one Spark session (see the module's notes)."""
+
+    name = "spark"
+
+    def __init__(self, spark: SparkSession, config: SparkConfig) -> None:
+        self.spark = spark
+        self.config = config
+
+    def read(self, data: DataConfig, config_name: str = "the configuration",
+             frame: pd.DataFrame | None = None) -> None:
+        if frame is not None:
+            register_frame(self.spark, frame)
+            check_columns(list(frame.columns), data.columns, config_name)
+        else:
+            read_purchases(self.spark, data, config_name)
+        size_partitions(self.spark, self.config, data)
+
+    def classify_lines(self, data: DataConfig, window: WindowConfig) -> ContractReport:
+        return classify_lines(self.spark, data, window)
+
+    def features(self, as_of: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return collect_features(compute_features(self.spark, as_of))
+
+    def rejected_lines(self, file: Path | None = None) -> pd.DataFrame | None:
+        frame = rejected_lines(self.spark)
+        if file is None:
+            return frame
+        write_csv(frame, file)
+        return None
+
+    def score(self, model: SegmentModel, segments: pd.DataFrame, as_of: dt.date) -> DataFrame:
+        return assign_segments(compute_features(self.spark, as_of), model, segments)
+
+    def write(self, table: DataFrame, path: str | Path | None = None, url: str | None = None,
+              table_name: str | None = None, mode: str = "overwrite") -> None:
+        write_assignments(table, path, url, table_name, mode)
+
+    def close(self) -> None:
+        uncache(self.spark)
+
+
+def open_engine(config: SegmlConfig) -> SparkEngine:
+    """The Spark engine in the session of ``config.spark`` (:func:`session`)."""
+    return SparkEngine(session(config.spark), config.spark)

@@ -434,6 +434,15 @@ def orders_sql(d: Dialect = DUCKDB, keep: bool = False, attributes: tuple[str, .
     (a struct, so the latest of a customer's orders is found the same way; DuckDB only).
     """
     duplicates = "count(*) FILTER (WHERE duplicate) AS duplicates," if keep else ""
+    if d.rejected_rows:
+        # Each rejected line a row of its own, its number and values grouping keys (NULL on every other
+        # line): a list aggregate would turn Spark's hash aggregation of every order into a sort.
+        rejected = "CASE WHEN status = 'rejected' THEN line END AS rejected_line, source"
+        rejected_keys = ", CASE WHEN status = 'rejected' THEN line END, source"
+    else:
+        rejected = (f"{d.collect(d.pack({'line': 'line', 'source': 'source'}))} FILTER (WHERE status = 'rejected') "
+                    "AS rejected")
+        rejected_keys = ""
     duplicates += "".join(f"max(struct_pack(t := ts, l := line, v := a_{name})) FILTER "
                           f"(WHERE reason IS NULL AND a_{name} IS NOT NULL) AS a_{name}," for name in attributes)
     return f"""
@@ -441,9 +450,9 @@ def orders_sql(d: Dialect = DUCKDB, keep: bool = False, attributes: tuple[str, .
             max(CAST(ts AS DATE)) FILTER (WHERE NOT is_return) AS last_purchase,
             min(CAST(ts AS DATE)) FILTER (WHERE NOT is_return) AS first_purchase,
             {d.exact_sum("amount")} AS amount,
-            {d.collect(d.pack({"line": "line", "source": "source"}))} FILTER (WHERE status = 'rejected') AS rejected
+            {rejected}
         FROM {LINES}
-        GROUP BY customer_id, order_key, reason
+        GROUP BY customer_id, order_key, reason{rejected_keys}
     """
 
 
@@ -456,6 +465,8 @@ def status_of(reason: str) -> str:
 
 def rejected_sql(d: Dialect = DUCKDB) -> str:
     """The ``rejected_lines`` view: line number, reason and the source's own columns."""
+    if d.rejected_rows:
+        return f"SELECT rejected_line AS line, reason, {d.unpack('source')} FROM {ORDERS} WHERE rejected_line IS NOT NULL"
     return f"""
         SELECT __r.line AS line, reason, {d.unpack('__r.source')}
         FROM (SELECT reason, {d.explode('rejected')} AS __r FROM {ORDERS} WHERE reason IS NOT NULL) AS __rejected
