@@ -261,7 +261,7 @@ def read_customers(customers: CustomersConfig, con=None) -> pd.DataFrame:
             raise InputDataError(f"cannot read customers file {str(path)!r}: {str(exc).splitlines()[0]}") from None
     import sqlalchemy as sa
 
-    engine = sa.create_engine(data_url(customers, os.environ) or "")  # type: ignore[arg-type]
+    engine = sa.create_engine(data_url(customers, os.environ) or "")
     statement = (sa.select(sa.text("*")).select_from(sa.table(customers.table)) if customers.table
                  else sa.text(customers.query or ""))
     try:
@@ -370,6 +370,9 @@ def attach_attributes(con, config, as_of: dt.date, features: pd.DataFrame, exclu
     model uses, customers missing one moved to ``excluded`` (:func:`model_attributes`)."""
     if not config.attributes:
         return None, features, excluded
+    if con is None:
+        raise InputDataError(f"customer attributes {sorted(config.attributes)} are read by the DuckDB engine only, "
+                             f"not by engine {config.engine!r}; use engine 'duckdb' or leave the attributes out")
     seen = features.index.union(pd.Index(excluded["customer_id"], dtype=object)).sort_values()
     attributes = collect_attributes(con, config, as_of, seen)
     in_model = [f for f in config.features if f in config.attributes]

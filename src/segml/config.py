@@ -14,11 +14,13 @@ import posixpath
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -145,17 +147,48 @@ def _attribute_specs(value: Any) -> Any:
     return value
 
 
-def _check_attribute_names(names: list[str]) -> None:
-    for name in names:
+def _check_attribute_names(value: dict[str, AttributeSpec]) -> dict[str, AttributeSpec]:
+    for name in value:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
             raise ValueError(f"attribute name {name!r} must be 1 to 63 lowercase letters, digits or '_', starting "
                              "with a letter (it becomes a database column), e.g. 'country' or 'age'")
         if name in RESERVED_ATTRIBUTE_NAMES or name in FEATURES:
             raise ValueError(f"attribute name {name!r} is taken by a column of the assignment table; call it "
                              f"something else, e.g. 'customer_{name}'")
+    return value
 
 
-class DataConfig(_Strict):
+#: Attributes by name: ``{country: Country}`` is short for ``{country: {column: Country}}``.
+AttributeMap = Annotated[dict[str, AttributeSpec], BeforeValidator(_attribute_specs),
+                         AfterValidator(_check_attribute_names)]
+
+
+class _Source(_Strict):
+    """Where a table is read from: a file (``path``), or a database (``url`` or ``url_env``) with a
+    ``table`` or a ``query``."""
+
+    path: str | None = None
+    url: str | None = None
+    #: Name of an environment variable holding the database URL: the form for a URL with a password.
+    url_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    table: str | None = None
+    query: str | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    csv: CsvOptions = CsvOptions()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Source:
+        if [self.path, self.url, self.url_env].count(None) != 2:
+            raise ValueError("set exactly one of 'path' (a CSV or Parquet file), 'url' (a database) or 'url_env' "
+                             "(an environment variable holding the database URL)")
+        if self.path is None and (self.table is None) == (self.query is None):
+            raise ValueError("a database source needs exactly one of 'table' or 'query'")
+        if self.path is not None and (self.table is not None or self.query is not None):
+            raise ValueError("'table' and 'query' apply to a database 'url', not to a file 'path'")
+        return self
+
+
+class DataConfig(_Source):
     """Where the purchases are and how to read them.
 
     Text numbers are read with ``decimal`` as the decimal mark and
@@ -171,14 +204,6 @@ class DataConfig(_Strict):
     sales).
     """
 
-    path: str | None = None
-    url: str | None = None
-    #: Name of an environment variable holding the database URL: the form for a URL with a password.
-    url_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    table: str | None = None
-    query: str | None = None
-    format: Literal["auto", "csv", "parquet"] = "auto"
-    csv: CsvOptions = CsvOptions()
     columns: ColumnMap
     timestamp_format: str | None = None
     returns: ReturnsConfig = ReturnsConfig()
@@ -188,18 +213,7 @@ class DataConfig(_Strict):
     plausible_dates: tuple[dt.date, dt.date | None] = (EARLIEST_PLAUSIBLE, None)
     duplicates: Literal["reject", "keep"] = "reject"
     #: Customer attributes read from the purchase lines: per customer, the value on its latest used line.
-    attributes: dict[str, AttributeSpec] = {}
-
-    @field_validator("attributes", mode="before")
-    @classmethod
-    def _short_attributes(cls, value: Any) -> Any:
-        return _attribute_specs(value)
-
-    @field_validator("attributes")
-    @classmethod
-    def _attribute_names(cls, value: dict[str, AttributeSpec]) -> dict[str, AttributeSpec]:
-        _check_attribute_names(list(value))
-        return value
+    attributes: AttributeMap = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -223,19 +237,8 @@ class DataConfig(_Strict):
             raise ValueError(f"needs earliest < latest, got [{earliest}, {latest}]")
         return value
 
-    @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
-        if [self.path, self.url, self.url_env].count(None) != 2:
-            raise ValueError("set exactly one of 'path' (a CSV or Parquet file), 'url' (a database) or 'url_env' "
-                             "(an environment variable holding the database URL)")
-        if self.path is None and (self.table is None) == (self.query is None):
-            raise ValueError("a database source needs exactly one of 'table' or 'query'")
-        if self.path is not None and (self.table is not None or self.query is not None):
-            raise ValueError("'table' and 'query' apply to a database 'url', not to a file 'path'")
-        return self
 
-
-class CustomersConfig(_Strict):
+class CustomersConfig(_Source):
     """A source of customer attributes: one row per customer, with its id and attribute columns.
 
     A file (``path``: CSV or Parquet) or a database (``url`` or ``url_env`` with
@@ -244,42 +247,18 @@ class CustomersConfig(_Strict):
     numbers with ``.`` as the decimal mark unless ``decimal`` says ``,``.
     """
 
-    path: str | None = None
-    url: str | None = None
-    url_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    table: str | None = None
-    query: str | None = None
-    format: Literal["auto", "csv", "parquet"] = "auto"
-    csv: CsvOptions = CsvOptions()
     id: str = Field(min_length=1)
-    attributes: dict[str, AttributeSpec]
+    attributes: AttributeMap
     date_format: str | None = None
     decimal: Literal[".", ","] = "."
     null_markers: list[str] = NULL_MARKERS
 
-    @field_validator("attributes", mode="before")
-    @classmethod
-    def _short_attributes(cls, value: Any) -> Any:
-        return _attribute_specs(value)
-
     @field_validator("attributes")
     @classmethod
-    def _attribute_names(cls, value: dict[str, AttributeSpec]) -> dict[str, AttributeSpec]:
+    def _some_attributes(cls, value: dict[str, AttributeSpec]) -> dict[str, AttributeSpec]:
         if not value:
             raise ValueError("needs at least one attribute, e.g. {country: {column: Country, type: category}}")
-        _check_attribute_names(list(value))
         return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> CustomersConfig:
-        if [self.path, self.url, self.url_env].count(None) != 2:
-            raise ValueError("set exactly one of 'path' (a CSV or Parquet file), 'url' (a database) or 'url_env' "
-                             "(an environment variable holding the database URL)")
-        if self.path is None and (self.table is None) == (self.query is None):
-            raise ValueError("a database source needs exactly one of 'table' or 'query'")
-        if self.path is not None and (self.table is not None or self.query is not None):
-            raise ValueError("'table' and 'query' apply to a database 'url', not to a file 'path'")
-        return self
 
 
 class WindowConfig(_Strict):
@@ -822,7 +801,7 @@ def load_config(path: str | Path) -> SegmlConfig:
                                      "customers": customers})
 
 
-def data_url(data: DataConfig, environ: Mapping[str, str]) -> str | None:
+def data_url(data: _Source, environ: Mapping[str, str]) -> str | None:
     """The source database URL: ``data.url``, else the environment variable named by ``data.url_env``."""
     if data.url_env is None:
         return data.url
