@@ -36,7 +36,7 @@ from segml.attributes import check_line_attribute_columns
 from segml.config import DataConfig, WindowConfig
 from segml.contract import MAX_ID_LENGTH
 from segml.dialects import DUCKDB, Dialect, sql_string
-from segml.errors import InputDataError
+from segml.errors import InputDataError, NoUsableLinesError
 from segml.sources import (
     MALFORMED,
     RAW,
@@ -533,11 +533,10 @@ def build_report(rows_read: int, counts: list[tuple], as_of: dt.date, window_sta
     for warning in report.warnings:
         log.warning("data contract: %s", warning)
     if used == 0:
-        raise InputDataError(
+        raise NoUsableLinesError(
             f"no usable purchase lines: {rows_read} read, rejected {report.rejected_by_reason}, "
             f"outside the window {report.outside_by_reason} (as of {as_of}); "
-            "check data.columns, data.timestamp_format and window.as_of in the configuration"
-        )
+            "check data.columns, data.timestamp_format and window.as_of in the configuration", report)
     return report
 
 
