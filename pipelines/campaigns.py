@@ -34,6 +34,7 @@ from segml.campaigns import (
     report_window,
 )
 from segml.config import SegmlConfig, WindowConfig, load_config, publish_url
+from segml.errors import NoUsableLinesError
 from segml.outputs import publish_folder, save_figures, write_csv
 from segml.publish import create_engine
 from segml.segmentation import prepare_purchases
@@ -49,7 +50,10 @@ def campaign_outcomes(config: SegmlConfig, start: dt.date, end: dt.date, config_
         "features": ["recency_days", "frequency", "monetary"], "transform": config.transform.model_copy(
             update={"per_feature": {}}),
         "window": WindowConfig(as_of=end, lookback_days=(end - start).days)})
-    purchases = prepare_purchases(plain, frame=frame, config_name=config_name)
+    try:
+        purchases = prepare_purchases(plain, frame=frame, config_name=config_name)
+    except NoUsableLinesError as exc:  # nobody bought in the window (yet): an answer, not an error
+        return pd.Series(dtype=float), pd.Series(dtype=bool), exc.report
     seen = pd.concat([purchases.features.reset_index(),
                       purchases.excluded[purchases.excluded["reason"] != "all_lines_rejected"]], ignore_index=True)
     seen = seen.set_index("customer_id")

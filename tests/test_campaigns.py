@@ -120,3 +120,14 @@ def test_a_campaign_name_used_twice_is_an_error_unless_replaced(engine):  # noqa
     assert open_campaigns(engine, "shop") == ["spring"] and open_campaigns(engine, "other") == []
     with pytest.raises(CampaignError, match="no campaign named 'autumn' is recorded for 'shop'; recorded: 'spring'"):
         read_campaign(engine, "shop", "autumn")
+
+
+def test_a_window_nobody_bought_in_yet_is_measured_as_zero_not_refused(tmp_path):
+    from pipelines.campaigns import campaign_outcomes
+
+    old = pd.DataFrame({"order_id": ["1"], "customer_id": ["a"], "purchased_at": ["2023-12-01 10:00:00"],
+                        "product": ["P"], "quantity": ["1"], "unit_price": ["5"]})
+    spend, bought, report = campaign_outcomes(_config(tmp_path), SENT, SENT + dt.timedelta(days=5), frame=old)
+    assert spend.empty and report.outside_by_reason == {"before_window": 1}
+    members = pd.DataFrame({"customer_id": ["a", "b"], "segment_id": "S1", "campaign_group": ["target", "control"]})
+    assert measure_uplift(members, spend, bought)["uplift"].tolist() == [0.0, 0.0]

@@ -38,8 +38,11 @@ def test_demo_writes_sample_data_and_results(demo):
     assert result.returncode == 0, result.stderr
     folder = root / "outputs" / "sample" / "2024-01-01"
     assert f"Results are in {folder}" in result.stdout
-    assert f"mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}" in result.stdout
+    assert result.stdout.count(f"mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}") == 1
     assert "Champions" in result.stdout
+    # Quiet: no Prefect task states or MLflow store lines, on either stream.
+    for noise in ("Finished in state", "Task run", "mlflow.store", "Created version", "View run"):
+        assert noise not in result.stderr + result.stdout, noise
     assignments = pd.read_csv(folder / "assignments.csv")
     assert len(assignments) == 300 and assignments["customer_id"].is_unique
     segments = pd.read_csv(folder / "segments.csv")
@@ -224,3 +227,18 @@ def test_the_demo_carries_attributes_to_the_crm_and_to_mlflow(demo):
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     run_id = pd.read_csv(folder / "assignments.csv")["run_id"].iloc[0]
     assert "segment_attributes.csv" in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_a_gate_failure_says_so_once_on_stdout_with_the_segment_table(segml_cli, tmp_path):
+    config = write_sample(tmp_path, n_customers=200)
+    raw = yaml.safe_load(config.read_text())
+    raw["gates"] = {"min_homogeneity": 0.99}
+    config.write_text(yaml.safe_dump(raw))
+    result = segml_cli("run", str(config))
+    assert result.returncode == 1
+    assert "NOT PUBLISHED" in result.stdout and "Champions" in result.stdout  # the held-back segments
+    assert result.stdout.count("min_homogeneity: 0.") == 2  # the gate line and the reason, nothing repeated
+    assert "Not published: 1 quality gate failed: min_homogeneity" in result.stdout
+    assert "Results are in" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "gate" in line]
+    assert errors == ["error: not published: quality gates failed (see above)"], result.stderr

@@ -93,7 +93,7 @@ def _segment_table(summary: dict, title: str) -> Table:
     return table
 
 
-def _print_summary(summary: dict, held_back: str | None = None) -> None:
+def _print_summary(summary: dict, held_back: str | None = None, ui: bool = True) -> None:
     """The run on stdout: the segments, what changed since the last published run, gates, where things are."""
     state = "NOT PUBLISHED" if held_back else "published"
     out.print(_segment_table(summary, f"{summary['n_segments']} segments as of {summary['as_of']}, homogeneity "
@@ -123,7 +123,7 @@ def _print_summary(summary: dict, held_back: str | None = None) -> None:
     out.print(f"MLflow: run {summary['run_id']} in experiment {summary['experiment']!r} at "
               f"{summary['tracking_uri']}; model {summary['model_name']!r} version {summary['model_version']}.",
               highlight=False)
-    if summary.get("open_mlflow"):
+    if ui and summary.get("open_mlflow"):
         out.print(f"Review it in the MLflow UI: {summary['open_mlflow']}", highlight=False, soft_wrap=True)
     if held_back:
         out.print(f"[bold red]Not published:[/] {held_back}", highlight=False)
@@ -240,11 +240,12 @@ def run(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, verbo
 
 
 @app.command()
-def score(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, debug: DebugOpt = False) -> None:
+def score(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, verbose: VerboseOpt = False,
+          debug: DebugOpt = False) -> None:
     """Assign every current customer to the champion's segments, without refitting, and publish them."""
     try:
         summary = _run_pipeline("pipelines.score", "score_customers", config, as_of.date() if as_of else None,
-                                debug, force)
+                                debug, force, verbose)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     table = Table(title=f"{summary['customers']:,} customers scored as of {summary['as_of']} "
@@ -271,6 +272,7 @@ def backfill(
     end: Annotated[dt.datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="Last as-of date (inclusive).")],
     every: Annotated[str, typer.Option(help="Step: day, week, month, or a count such as 7d, 2w, 3m.")] = "month",
     force: ForceOpt = False,
+    verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run the segmentation for every as-of date from --from to --to, in order, building the id history."""
@@ -278,10 +280,11 @@ def backfill(
         from pipelines.backfill import as_of_dates
 
         as_of_dates(start.date(), end.date(), every)  # a bad period fails before any flow starts
-        _prepare(config, debug)
+        _prepare(config, debug, verbose)
         from pipelines.backfill import backfill as backfill_flow
 
-        results = backfill_flow(str(config), start.date(), end.date(), every, force)
+        with _working(verbose or debug):
+            results = backfill_flow(str(config), start.date(), end.date(), every, force)
     except Exception as exc:  # noqa: BLE001
         if getattr(exc, "results", None):
             _print_backfill(exc.results)  # the steps that were published, and why the others were not
@@ -447,8 +450,8 @@ def campaign_report(
     out.print(table)
     if summary["missing_days"]:
         console.print(f"[bold yellow]warning:[/] the {summary['days']}-day window is not over: "
-                      f"{summary['missing_days']} days are missing; report again after "
-                      f"{dt.date.fromisoformat(summary['sent_date']) + dt.timedelta(days=summary['days'])}",
+                      f"{summary['missing_days']} days are missing; report again as of "
+                      f"{dt.date.fromisoformat(summary['sent_date']) + dt.timedelta(days=summary['days'])} or later",
                       highlight=False)
     out.print(f"MLflow: run {summary['run_id']} in experiment {summary['experiment']!r}. "
               f"Results are in {summary['output_dir']}")
@@ -527,6 +530,7 @@ def validate(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) 
 def demo(
     folder: Annotated[Path, typer.Option("--dir", help="Folder for the sample data and results.")] = Path("segml-demo"),
     customers: Annotated[int, typer.Option(help="Number of sample customers.", min=50)] = 3000,
+    verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Generate sample purchases and run the segmentation flow on them with the built-in defaults."""
@@ -535,18 +539,16 @@ def demo(
     try:
         config_path = write_sample(folder, n_customers=customers)
         out.print(f"Sample purchases and configuration written to {config_path.parent}")
-        summary = run_flow(config_path, None, debug)
+        summary = run_flow(config_path, None, debug, verbose=verbose)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
-    _print_summary(summary)
+    _print_summary(summary, ui=False)  # said last, after the campaign
     _print_attribute_profiles(Path(summary["output_dir"]) / "segment_attributes.csv")
     try:
         _demo_campaign(config_path, summary)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
-    db = Path(summary["tracking_uri"].removeprefix("sqlite:///"))
-    if summary["tracking_uri"].startswith("sqlite:///"):
-        out.print(f"Review the run in the MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
+    out.print(f"Review the run in the MLflow UI: {summary['open_mlflow']}", highlight=False)
 
 
 def _print_attribute_profiles(path: Path) -> None:

@@ -23,3 +23,12 @@ class SegmentationError(SegmlError):
 
 class QualityGateError(SegmlError):
     """A run failed one or more quality gates; it is recorded but neither promoted nor published."""
+
+
+class NoUsableLinesError(InputDataError):
+    """No line of the source is usable in the window; ``report`` holds the contract's counts, for
+    callers to whom an empty window is an answer (a campaign nobody bought from yet)."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
