@@ -520,6 +520,13 @@ def validate(config: ConfigArg, as_of: AsOfOpt = None, debug: DebugOpt = False) 
     for row in report.as_frame().itertuples():
         table.add_row(row.status, row.reason, f"{row.lines:,}")
     out.print(table)
+    if purchases.attributes is not None:
+        attributes = Table(title="Customer attributes", caption="attribute *: whole rows of the customers source")
+        for column in ("source", "attribute", "reason", "customers"):
+            attributes.add_column(column)
+        for row in purchases.attributes.counts.itertuples():
+            attributes.add_row(row.source, row.attribute, row.reason, f"{row.customers:,}")
+        out.print(attributes)
     out.print(f"{report.rows_read:,} lines read; {len(purchases.features):,} customers to segment, "
               f"{len(purchases.excluded):,} left out. The configuration is valid.")
     for line in report.warnings:
