@@ -429,7 +429,7 @@ def run_tags(config: SegmlConfig, config_path: Path) -> dict[str, str]:
         user = "unknown"
     tags = {"mlflow.user": user, "mlflow.source.type": "JOB",
             "mlflow.source.name": f"segml segment-customers {config_path.name}",
-            "segml.config": str(config_path), "segml.source": data_source(config)[0]}
+            "segml.config": str(config_path), "segml.data_source": data_source(config)[0]}
     if flow_run.id:
         tags["segml.prefect.flow_run_id"] = str(flow_run.id)
         url = flow_run.ui_url

@@ -196,6 +196,8 @@ def test_the_mlflow_run_and_model_version_describe_themselves(flow_run):
     run = client.get_run(summary["run_id"])
     tags = run.data.tags
     assert tags["segml.as_of"] == "2024-01-01" and tags["mlflow.source.type"] == "JOB"
+    # the data source has a tag of its own: segml.source is the publication's (refit or score)
+    assert tags["segml.source"] == "refit" and tags["segml.data_source"].endswith("purchases.csv")
     note = tags["mlflow.note.content"]
     for segment in summary["segments"]:
         assert f"| {segment['segment_id']} | {segment['segment_name']} | {segment['size']:,} |" in note

@@ -82,7 +82,7 @@ def test_a_whole_run_is_logged_to_a_tracking_server_over_http(prefect_harness, m
     assert "| id | segment | customers | share |" in description and "Champions" in description
     assert "Published." in description
     assert tags["segml.as_of"] == "2024-01-01" and tags["mlflow.source.type"] == "JOB"
-    assert tags["mlflow.user"] and tags["segml.source"].endswith("purchases.csv")
+    assert tags["mlflow.user"] and tags["segml.data_source"].endswith("purchases.csv")
     assert len(tags["segml.prefect.flow_run_id"]) == 36  # the Prefect flow run that made it
     (dataset,) = run["inputs"]["dataset_inputs"]
     assert dataset["dataset"]["digest"] == summary_fingerprint(run)[:36]
