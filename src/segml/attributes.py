@@ -83,28 +83,16 @@ class Attributes:
     specs: dict[str, AttributeSpec]
 
 
-def normalise_ids(ids: pd.Series, null_markers: list[str]) -> pd.Series:
-    """Customer ids as the data contract writes them: trimmed text, a whole float without its
-    fraction (``17850.0`` is ``17850``), missing for empty text, a null marker or NaN."""
-    def one(value):
-        if value is None or (isinstance(value, float) and not np.isfinite(value)):
-            return None
-        if isinstance(value, (float, np.floating)) and float(value).is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        text = str(value).strip()
-        return None if text == "" or text in null_markers else text
-    return ids.astype(object).map(one)
-
-
 _PLAIN = {".": re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"),
           ",": re.compile(r"[+-]?(\d+(,\d*)?|,\d+)([eE][+-]?\d+)?")}
 
 
 def _numbers(text: pd.Series, decimal: str) -> pd.Series:
     """Plain numbers with ``decimal`` as the mark; NaN for anything else (checked apart by the caller)."""
-    plain = text.map(lambda v: isinstance(v, str) and bool(_PLAIN[decimal].fullmatch(v)))
-    values = pd.to_numeric(text.where(plain).str.replace(",", ".", regex=False), errors="coerce")
-    return values.where(np.isfinite(values.astype(float)))
+    strings = text.astype("string")
+    plain = strings.str.fullmatch(_PLAIN[decimal].pattern).fillna(False).astype(bool)
+    values = pd.to_numeric(strings.where(plain).str.replace(",", ".", regex=False), errors="coerce").astype(float)
+    return values.where(np.isfinite(values))
 
 
 def whole_units_between(start: pd.Series, end: dt.date, unit: str) -> pd.Series:
@@ -130,6 +118,8 @@ def type_attributes(raw: pd.DataFrame, specs: dict[str, AttributeSpec], as_of: d
     :data:`ATTRIBUTE_REASONS` that applies. Pure: nothing is read or logged.
     """
     markers = list(null_markers or [])
+    # Object dtype: membership of a million ids is a hash lookup, not a scan of Arrow strings.
+    customers = pd.Index(np.asarray(customers, dtype=object), dtype=object, name="customer_id")
     problems: list[pd.DataFrame] = []
     counts: list[tuple[str, str, int]] = []
 
@@ -141,7 +131,7 @@ def type_attributes(raw: pd.DataFrame, specs: dict[str, AttributeSpec], as_of: d
                 "value": (value if value is not None else pd.Series([None] * len(rows), index=rows.index))
                 .astype(object).to_numpy()}))
 
-    frame = raw.assign(__id=normalise_ids(raw[id_column], markers))
+    frame = raw.assign(__id=normalise_text(raw[id_column], markers))
     if check_rows:
         missing = frame["__id"].isna()
         note(frame[missing].assign(__id=None), "*", "missing_customer_id", frame.loc[missing, id_column])
@@ -208,17 +198,28 @@ def type_attributes(raw: pd.DataFrame, specs: dict[str, AttributeSpec], as_of: d
 
 
 def normalise_text(column: pd.Series, null_markers: list[str]) -> pd.Series:
-    """Values as trimmed text; None when empty, a null marker or missing."""
-    def one(value):
-        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
-            return None
-        if isinstance(value, (dt.date, pd.Timestamp)):
-            return value.isoformat()[:10]
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            return str(int(value))
-        text = str(value).strip()
-        return None if text == "" or text in null_markers else text
-    return column.astype(object).map(one).astype(object)
+    """Values as the data contract reads them, as trimmed text (object dtype): None when missing,
+    empty or a null marker; a whole float without its fraction (``17850.0`` is ``17850``); a
+    date or time as its ISO day (``2024-03-01``); NaN and infinities are missing."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        text = column.dt.strftime("%Y-%m-%d").astype("string")
+    elif pd.api.types.is_float_dtype(column):
+        values = column.astype(float)
+        finite = np.isfinite(values)
+        whole = finite & (values == np.floor(values)) & (values.abs() < 1e15)
+        text = values.astype("string").mask(whole, values.where(whole, 0).astype("int64").astype("string"))
+        text = text.mask(~finite)
+    elif pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        text = column.astype("string")
+    else:
+        values = column.astype(object)
+        text = values.astype("string")
+        if pd.api.types.infer_dtype(values, skipna=True) in ("date", "datetime", "mixed"):
+            dates = values.map(lambda v: isinstance(v, dt.date))  # dates from a database driver
+            text = text.mask(dates, values[dates].map(lambda v: v.isoformat()[:10]).astype("string"))
+        text = text.str.strip()
+    text = text.mask(text.isna() | (text == "") | text.isin(null_markers))
+    return text.astype(object).where(text.notna(), None)
 
 
 def combine(parts: list[Attributes]) -> Attributes | None:
