@@ -183,3 +183,31 @@ def test_each_bad_attribute_setting_gets_its_message(change, message):
                     "attributes": change.pop("attributes", {"country": "Country"})}, **change}
     with pytest.raises(ConfigError, match=message):
         parse_config(raw)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_attributes_from_a_database_table_with_typed_columns(backend, tmp_path, request):
+    import uuid
+
+    import sqlalchemy as sa
+
+    table = f"customers_{uuid.uuid4().hex[:8]}"
+    url = f"sqlite:///{tmp_path / 'shop.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE {table} (id VARCHAR(10), country VARCHAR(50), born DATE, "
+                                   "household INTEGER)")
+        connection.exec_driver_sql(f"INSERT INTO {table} VALUES ('A', 'Germany', '1990-03-01', 2), "
+                                   "('B', ' France ', '1990-03-02', NULL), ('Q', 'Spain', '1980-01-01', 1)")
+    try:
+        config = hand_config(customers={"url": url, "table": table, "id": "id", "attributes": CUSTOMER_ATTRIBUTES})
+        found = prepare_purchases(config, frame=hand_frame()).attributes
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP TABLE {table}")
+        engine.dispose()
+    assert found.values.loc["A"].tolist() == ["Germany", 34, 2.0]
+    assert found.values.loc["B", "country"] == "France" and found.values.loc["B", "age"] == 33
+    counts = {(r.attribute, r.reason): r.customers for r in found.counts.itertuples()}
+    assert counts[("*", "unknown_customer_id")] == 1 and counts[("*", "no_customer_row")] == 3
+    assert counts[("household", "missing_value")] == 1
