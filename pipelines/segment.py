@@ -461,14 +461,16 @@ def run_name(prefix: str = "") -> str:
     from prefect.runtime import deployment, flow_run
 
     params = flow_run.parameters or {}
+    configured = None
     try:
-        name = load_config(params.get("config", "")).name
+        config = load_config(params.get("config", ""))
+        name, configured = config.name, config.window.as_of
     except SegmlError:
         name = Path(str(params.get("config", "segml"))).stem
     as_of = params.get("as_of")
     if as_of is None and deployment.id and flow_run.scheduled_start_time:
         as_of = pd.Timestamp(flow_run.scheduled_start_time).date()
-    return f"{prefix}{name} as of {as_of or 'latest'}"
+    return f"{prefix}{name} as of {as_of or configured or 'latest'}"
 
 
 @flow(name="segment-customers", log_prints=False, flow_run_name=run_name)

@@ -39,10 +39,19 @@ def _labels(segments: pd.DataFrame) -> list[str]:
     return [f"{row.segment_id}: {row.segment_name}" for row in segments.itertuples()]
 
 
+def _with_legend_row(fig: Figure):
+    """The figure's plot axes under a thin row of its own for the legend, so no legend sits on the data
+    (an outside figure legend would sit on the report's footer)."""
+    grid = fig.add_gridspec(2, 1, height_ratios=(1, 16))
+    key = fig.add_subplot(grid[0])
+    key.axis("off")
+    return key, fig.add_subplot(grid[1])
+
+
 def plot_segment_sizes(segments: pd.DataFrame) -> Figure:
     """Share of customers and share of revenue of every segment."""
     fig = Figure(figsize=PAGE, layout="constrained")
-    ax = fig.add_subplot()
+    key, ax = _with_legend_row(fig)
     y = np.arange(len(segments))
     ax.barh(y - 0.2, 100 * segments["share"], height=0.4, label="customers", color="#4c72b0")
     ax.barh(y + 0.2, 100 * segments["revenue_share"], height=0.4, label="revenue", color="#dd8452")
@@ -54,7 +63,7 @@ def plot_segment_sizes(segments: pd.DataFrame) -> Figure:
     ax.set_xlim(0, 100 * max(segments["share"].max(), segments["revenue_share"].max()) * 1.12 + 1)
     ax.set_xlabel("share (%)")
     fig.suptitle("Segment sizes: share of customers and of revenue")
-    fig.legend(loc="outside lower center", ncols=2)  # outside the axes: never over a bar
+    key.legend(*ax.get_legend_handles_labels(), loc="center", ncols=2, frameon=False)
     return fig
 
 
@@ -179,7 +188,7 @@ def plot_projection(Z: np.ndarray, labels: np.ndarray, segments: pd.DataFrame, m
 def plot_silhouette(segments: pd.DataFrame) -> Figure:
     """Mean silhouette and stability (Jaccard) of every segment."""
     fig = Figure(figsize=PAGE, layout="constrained")
-    ax = fig.add_subplot()
+    key, ax = _with_legend_row(fig)
     y = np.arange(len(segments))
     ax.barh(y - 0.2, segments["silhouette"], height=0.4, color="#55a868", label="mean silhouette")
     ax.barh(y + 0.2, segments["stability_jaccard"], height=0.4, color="#8172b2", label="stability (Jaccard)")
@@ -189,7 +198,7 @@ def plot_silhouette(segments: pd.DataFrame) -> Figure:
     ax.set_xlim(min(-0.1, float(np.nanmin(segments["silhouette"])) - 0.05), 1.0)
     ax.set_xlabel("score (-1 to 1 for silhouette, 0 to 1 for Jaccard; higher is better)")
     fig.suptitle("Separation and stability by segment")
-    fig.legend(loc="outside lower center", ncols=2)
+    key.legend(*ax.get_legend_handles_labels(), loc="center", ncols=2, frameon=False)
     return fig
 
 
@@ -199,8 +208,9 @@ def plot_k_selection(candidates: pd.DataFrame, criterion: str, min_share: float)
                if m in candidates and candidates[m].notna().any()] + ["min_share"]
     fig = Figure(figsize=PAGE, layout="constrained")
     chosen = int(candidates.loc[candidates["chosen"], "k"].iloc[0]) if candidates["chosen"].any() else None
+    rows = len(metrics) // 2 + 1  # a cell to spare for the legend
     for i, metric in enumerate(metrics):
-        ax = fig.add_subplot((len(metrics) + 1) // 2, 2, i + 1)
+        ax = fig.add_subplot(rows, 2, i + 1)
         values = 100 * candidates[metric] if metric == "min_share" else candidates[metric]
         ax.plot(candidates["k"], values, marker="o", color="#4c72b0")
         ineligible = ~candidates["eligible"]
@@ -212,9 +222,11 @@ def plot_k_selection(candidates: pd.DataFrame, criterion: str, min_share: float)
             ax.axvline(chosen, color="#55a868", linestyle=":", label=f"chosen k = {chosen}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("number of segments k")
-        ax.set_ylabel(_CRITERION_LABELS[metric] + (" (%)" if metric == "min_share" else ""), fontsize=8)
-        ax.set_title(("▶ " if metric == criterion else "") + metric, fontsize=10)
-    fig.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=2)
+        ax.set_title(("▶ " if metric == criterion else "") + _CRITERION_LABELS[metric]
+                     + (" (%)" if metric == "min_share" else ""), fontsize=9)
+    key = fig.add_subplot(rows, 2, len(metrics) + 1)
+    key.axis("off")
+    key.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=9, loc="center", frameon=False)
     fig.suptitle(f"Choosing the number of segments (criterion: {criterion})")
     return fig
 

@@ -135,12 +135,11 @@ def _measures(unit: str, currency: str) -> list[tuple[str, str, Callable[[float]
 
 
 def markdown_summary(data: ReportData, links: dict[str, str] | None = None) -> str:
-    """The run in a few lines of markdown: state, the segment table with changes and actions, renames,
-    what changed and warnings; ``links`` (label -> URL) close it."""
+    """The run in a few lines of markdown: state, the segment table with changes and actions, what
+    changed (renames, drift), the run's facts and warnings; ``links`` (label -> URL) close it."""
     s = data.segments
     lines = [f"**{data.name}** as of {data.as_of}: {int(s['size'].sum()):,} customers in {len(s)} segments. "
              + ("**Not published**: " + data.held_back + "." if data.held_back else "Published."), ""]
-    lines += [f"- {fact}" for fact in data.facts] + [""]
     first = data.previous_as_of is None
     head = ["id", "segment", "customers", "share"] + ([] if first else ["change"]) + [
         "revenue", "homogeneity", "what they are", "suggested action"]
@@ -155,6 +154,7 @@ def markdown_summary(data: ReportData, links: dict[str, str] | None = None) -> s
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {line}" for line in changes_in_words(data)]
+    lines += [f"- {fact}" for fact in data.facts]
     lines += [f"- Warning: {w}" for w in data.warnings]
     if links:
         lines += ["", " · ".join(f"[{label}]({url})" for label, url in links.items())]
@@ -363,7 +363,7 @@ def _position_chart(fig: Figure, segment: pd.Series) -> None:
     ax.set_yticks(y, labels, fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("position among all customers (0 = lowest, 100 = highest; 50 = typical)", fontsize=8)
+    ax.set_xlabel("position among all customers\n(0 = lowest, 100 = highest, 50 = typical)", fontsize=8)
     ax.set_title("Where the typical customer stands", fontsize=10)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
