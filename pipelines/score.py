@@ -234,7 +234,8 @@ def _score_with_spark(cfg: SegmlConfig, config_path: Path, model: Any, published
         raise
     tracking.end_run(handle)
     return {"run_id": handle.run_id, "model_version": published.version, "as_of": report.as_of.isoformat(),
-            "customers": customers, "customers_new": metrics["customers_new"], "output_dir": str(destination),
+            "customers": customers, "customers_new": metrics["customers_new"],
+            "customers_changed": metrics["customers_changed"], "output_dir": str(destination),
             "assignments": str(destination / "assignments.parquet"),
             "segment_counts": counts[["segment_id", "segment_name", "customers"]].to_dict(orient="records")}
 
