@@ -211,3 +211,24 @@ def test_attributes_from_a_database_table_with_typed_columns(backend, tmp_path, 
     counts = {(r.attribute, r.reason): r.customers for r in found.counts.itertuples()}
     assert counts[("*", "unknown_customer_id")] == 1 and counts[("*", "no_customer_row")] == 3
     assert counts[("household", "missing_value")] == 1
+
+
+def test_segments_and_their_catalogue_carry_the_medians_of_model_attributes():
+    from segml.config import parse_config
+    from segml.identity import assign_identities
+    from segml.sample import SAMPLE_CONFIG, generate_customers, generate_purchases
+    from segml.segmentation import segment_customers
+
+    lines, truth = generate_purchases(n_customers=400, seed=2, messy=False)
+    ages = generate_customers(truth, seed=2, messy=False).set_index("customer_id")["birth_date"]
+    config = parse_config({**{k: v for k, v in SAMPLE_CONFIG.items() if k != "customers"},
+                           "features": ["recency_days", "frequency", "monetary", "age"],
+                           "data": {**SAMPLE_CONFIG["data"], "attributes": {"age": {"column": "born", "type": "date"}}},
+                           "quality": {"stability_resamples": 0}, "model": {"n_clusters": 5}})
+    lines["born"] = lines["customer_id"].map(ages)
+    purchases = prepare_purchases(config, frame=lines.astype(str))
+    result = segment_customers(purchases.features, config, purchases.report.as_of)
+    assert "median_age" in result.segments and result.segments["median_age"].between(18, 71).all()
+    identity = assign_identities(result.segments, None, ["recency_days", "frequency", "monetary", "age"],
+                                 result.model.transform, 1.0, purchases.report.as_of)
+    assert identity.catalogue.columns.tolist()[-2:] == ["median_age", "previous_names"]

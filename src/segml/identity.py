@@ -82,7 +82,8 @@ def match_segments(current: pd.DataFrame, previous: pd.DataFrame, features: list
     (or -1), the distance and the overlap.
     """
     def medians(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame[[f"median_{f}" for f in features]].set_axis(features, axis=1).reset_index(drop=True)
+        # A feature the other run did not have (an attribute added to features) has no median there.
+        return frame.reindex(columns=[f"median_{f}" for f in features]).set_axis(features, axis=1).reset_index(drop=True)
 
     a = to_space(medians(current))
     out = pd.DataFrame({"current": np.arange(len(current)), "previous": -1, "distance": np.nan,
@@ -90,7 +91,8 @@ def match_segments(current: pd.DataFrame, previous: pd.DataFrame, features: list
     if len(previous) == 0:
         return out
     b = to_space(medians(previous))
-    distance = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
+    # Without a median to compare (NaN), a pair is never close: only shared customers can match it.
+    distance = np.nan_to_num(np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2)), nan=1e6)
     keep = distance <= max_distance
     cost = distance
     jaccard = np.full(distance.shape, np.nan)
@@ -210,6 +212,9 @@ def _next_catalogue(segments: pd.DataFrame, previous: pd.DataFrame | None, retir
                 previous[column] = None
         previous["rule"] = [_rule_of(r) for _, r in previous.iterrows()]
     before = previous.set_index("segment_id") if previous is not None else pd.DataFrame()
+    # Medians of numeric attributes the model uses come after the behavioural ones.
+    attribute_medians = [c for c in segments.columns if c.startswith("median_") and c[7:] not in FEATURES]
+    columns = [*CATALOGUE_COLUMNS[:-1], *attribute_medians, CATALOGUE_COLUMNS[-1]]
     history = []
     for sid, name in zip(segments["segment_id"], segments["segment_name"]):
         old = before.loc[sid] if sid in before.index else None
@@ -229,15 +234,16 @@ def _next_catalogue(segments: pd.DataFrame, previous: pd.DataFrame | None, retir
         "size": segments["size"],
         "share": segments["share"],
         **{f"median_{f}": segments[f"median_{f}"] for f in FEATURES},
+        **{m: segments[m] for m in attribute_medians},
         "previous_names": history,
     })
     if previous is None:
-        return current[CATALOGUE_COLUMNS]
+        return current[columns]
     older = previous[~previous["segment_id"].isin(current["segment_id"])].copy()
     older.loc[older["segment_id"].isin(retired_ids), "status"] = "retired"
-    catalogue = pd.concat([current, older[CATALOGUE_COLUMNS]], ignore_index=True)
+    catalogue = pd.concat([current, older.reindex(columns=columns)], ignore_index=True)
     catalogue["_n"] = catalogue["segment_id"].map(segment_number)
-    return catalogue.sort_values("_n").drop(columns="_n").reset_index(drop=True)[CATALOGUE_COLUMNS]
+    return catalogue.sort_values("_n").drop(columns="_n").reset_index(drop=True)[columns]
 
 
 @dataclass

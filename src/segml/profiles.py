@@ -85,19 +85,21 @@ _ORDER = 10.0
 def profile_segments(features: pd.DataFrame, labels: np.ndarray, n_segments: int) -> pd.DataFrame:
     """Per segment: size, share of customers, share of revenue, median and mean of each feature.
 
-    ``features`` holds all five features (original units), one row per
-    customer in the order of ``labels``.
+    ``features`` holds all five features (original units), and any numeric
+    attributes the model uses after them, one row per customer in the order
+    of ``labels``.
     """
-    frame = features[list(FEATURES)].assign(segment=labels)
+    columns = [*FEATURES, *[c for c in features.columns if c not in FEATURES]]
+    frame = features[columns].assign(segment=labels)
     grouped = frame.groupby("segment")
     sizes = grouped.size().reindex(range(n_segments), fill_value=0)
     revenue = grouped["monetary"].sum().reindex(range(n_segments), fill_value=0.0)
     profile = pd.DataFrame({"segment": range(n_segments), "size": sizes.to_numpy(),
                             "share": (sizes / sizes.sum()).to_numpy(),
                             "revenue_share": (revenue / revenue.sum()).to_numpy()})
-    medians = grouped[list(FEATURES)].median().reindex(range(n_segments))
-    means = grouped[list(FEATURES)].mean().reindex(range(n_segments))
-    for feature in FEATURES:
+    medians = grouped[columns].median().reindex(range(n_segments))
+    means = grouped[columns].mean().reindex(range(n_segments))
+    for feature in columns:
         profile[f"median_{feature}"] = medians[feature].to_numpy()
         profile[f"mean_{feature}"] = means[feature].to_numpy()
     return profile
