@@ -113,6 +113,30 @@ def choose_and_fit(features: pd.DataFrame, config: SegmlConfig) -> tuple[Segment
     return model, candidates
 
 
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def measure_forward(config: SegmlConfig, purchases: Purchases, scored: Quality, segments: pd.DataFrame,
+                    config_name: str) -> tuple[pd.DataFrame, dict[str, float]] | None:
+    """Forward validity (:mod:`segml.schemes`) when the data reach ``quality.forward_horizon_days`` past
+    the as-of date: per segment the share who bought again and their spend, and how well segments
+    separate that future."""
+    from segml.forward import future_outcomes, horizon_closed
+    from segml.schemes import forward_validity
+
+    r = purchases.report
+    horizon = config.quality.forward_horizon_days
+    if not horizon_closed(r.last_valid_purchase, r.as_of, horizon):
+        return None
+    future = future_outcomes(config, r.as_of, horizon, config_name)
+    ids = segments.set_index("segment")["segment_id"]
+    by_customer = pd.Series(ids.loc[scored.labels].to_numpy(), index=purchases.features.sort_index().index)
+    table, metrics = forward_validity(by_customer, future)
+    table = table.rename(columns={"segment": "segment_id"}).merge(
+        segments[["segment_id", "segment_name"]], on="segment_id")
+    get_run_logger().info("forward validity over %d days: %s", horizon,
+                          {k: round(v, 3) for k, v in metrics.items()})
+    return table[["segment_id", "segment_name", "customers", "repurchase_rate", "mean_spend"]], metrics
+
+
 @task(cache_policy=NO_CACHE)
 def score_quality(model: SegmentModel, candidates: pd.DataFrame, features: pd.DataFrame,
                   config: SegmlConfig) -> Quality:
@@ -296,6 +320,8 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
     if purchases.attributes is not None:
         tables.update(attribute_tables(assignments, purchases.attributes))
         data.attributes = tables.get("segment_attributes")
+    if data.forward is not None:
+        tables["forward_validity"] = data.forward
     descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, **USED_REASONS, "": "counted in the features"}
     pages = [report_pages.overview_page(data), figures["segment_sizes"],
              *[report_pages.segment_page(data, row) for _, row in segments.iterrows()],
@@ -303,6 +329,7 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
              report_pages.appendix_divider(data.facts),
              *[figures[f] for f in ("k_selection", "silhouette_by_segment", "snake_plot", "feature_distributions",
                                     "projection_2d")],
+             *([report_pages.forward_page(data)] if data.forward is not None else []),
              report_pages.contract_page(r.as_frame(), descriptions), report_pages.glossary_page()]
     if not migration.counts.empty:
         tables["migration_counts"] = migration.counts.reset_index()
@@ -527,7 +554,9 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         segments = identity.segments
         base = build_assignments(features, scored, segments, as_of, purchases.attributes)
         migration, shifts = compare_with_published(published, base, identity, cfg)
-        metrics = {**run_metrics(purchases, scored, segments), **migration.summary, **shifts}
+        forward = measure_forward(cfg, purchases, scored, segments, str(config_path))
+        metrics = {**run_metrics(purchases, scored, segments), **migration.summary, **shifts,
+                   **(forward[1] if forward else {})}
         gates = evaluate_gates(cfg.gates.thresholds(), metrics, cfg.gates.psi_features or list(cfg.features))
         failed = [g for g in gates if not g.passed]
         metrics.update({f"gate.{g.gate}": float(g.passed) for g in gates}, gates_passed=float(not failed))
@@ -544,6 +573,9 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         held_back = ("quality gates failed: " + "; ".join(g.describe() for g in failed)) if failed else None
         data = report_data(cfg, purchases, model, candidates, scored, identity, migration, shifts, published,
                            handle.run_id, version, gate_lines, held_back, warnings)
+        if forward:
+            data.forward, data.forward_metrics = forward
+            data.forward_days = cfg.quality.forward_horizon_days
         destination = publication.destination_of(cfg, as_of, "refit")
         links = run_links(handle, destination / "segment_report.pdf")
         tracking.set_tags(handle.uri, handle.run_id,

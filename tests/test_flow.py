@@ -208,3 +208,25 @@ def test_the_mlflow_run_and_model_version_describe_themselves(flow_run):
     version = client.get_model_version("segml-sample", str(summary["model_version"]))
     assert version.description.startswith("kmeans segmentation of sample as of 2024-01-01, k = 5: S1 ")
     assert version.tags["gates"] in ("passed", "none configured") and version.run_id == summary["run_id"]
+
+
+def test_a_past_as_of_date_measures_forward_validity_on_the_days_after_it(prefect_harness, tmp_path):
+    config_path = write_flow_config(tmp_path, quality={"stability_resamples": 0, "forward_horizon_days": 28})
+    summary = segment_customers(str(config_path), as_of=dt.date(2023, 12, 1))
+    folder = Path(summary["output_dir"])
+    forward = pd.read_csv(folder / "forward_validity.csv")
+    assert forward["customers"].sum() == summary["customers"]
+    assert forward["repurchase_rate"].between(0, 1).all()
+    # By hand from the lines: who bought in the 28 days from the as-of date, through the same contract.
+    config = load_config(config_path)
+    assignments = pd.read_parquet(folder / "assignments.parquet")
+    after = prepare_purchases(config, as_of=dt.date(2023, 12, 29)).features  # everything before Dec 29
+    before = prepare_purchases(config, as_of=dt.date(2023, 12, 1)).features
+    grew = after["frequency"].reindex(before.index) > before["frequency"]
+    rate = grew.reindex(assignments["customer_id"].astype(str)).fillna(False).mean()
+    metrics = MlflowClient(tracking_uri=config.tracking.uri).get_run(summary["run_id"]).data.metrics
+    assert metrics["forward.repurchase_rate"] == pytest.approx(rate, abs=0.02)
+    assert 0.5 < metrics["forward.auc_repurchase"] <= 1 and 0 <= metrics["forward.r2_spend"] <= 1
+    # The latest date has no days after it: nothing is measured.
+    latest = segment_customers(str(config_path))
+    assert not (Path(latest["output_dir"]) / "forward_validity.csv").exists()

@@ -239,6 +239,71 @@ def run(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, verbo
     _print_summary(summary)
 
 
+_SCORE_LABELS = {"homogeneity": "homog", "homogeneity_original": "homog units",
+                 "homogeneity_common": "homog common", "explained_variance": "expl var", "silhouette": "silh",
+                 "stability_ari": "stab", "segment_share_min": "min share", "forward.r2_spend": "fwd R²",
+                 "forward.auc_repurchase": "fwd AUC"}
+
+
+@app.command()
+def compare(
+    config: ConfigArg,
+    schemes: Annotated[Path, typer.Option("--schemes", help="YAML file of schemes: name -> overrides of "
+                                                            "features, transform, model, naming, quality.")],
+    as_of: AsOfOpt = None,
+    write_config: Annotated[str | None, typer.Option(
+        "--write-config", help="Write this scheme as a configuration of its own (CONFIG's folder, "
+                               "<stem>.<scheme>.yaml) for segml run, and stop.")] = None,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fit every scheme on the same customers and compare them with rule-based RFM baselines."""
+    try:
+        if write_config:
+            from pipelines.compare import write_scheme_config
+
+            written = write_scheme_config(config, schemes, write_config)
+            out.print(f"Scheme {write_config!r} written to {written}; run it with: segml run {written}")
+            return
+        from pipelines.compare import read_schemes
+
+        read_schemes(schemes)  # a bad schemes file fails before any flow starts
+        _prepare(config, debug, verbose)
+        from pipelines.compare import compare_schemes
+
+        with _working(verbose or debug):
+            summary = compare_schemes(str(config), str(schemes), as_of.date() if as_of else None)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, debug)
+    from segml.schemes import SCORES
+
+    rows = summary["table"]
+    columns = [c for c in SCORES if any(c in r and r[c] == r[c] for r in rows)]
+    table = Table(title=f"{len(rows)} schemes compared on {summary['customers']:,} customers as of "
+                        f"{summary['as_of']} (* best of the column)")
+    table.add_column("scheme", no_wrap=True)
+    table.add_column("k", justify="right")
+    for column in columns:
+        table.add_column(_SCORE_LABELS.get(column, column), justify="right")
+    for r in rows:
+        table.add_row(r["scheme"], f"{int(r['k'])}",
+                      *["" if r.get(c) != r.get(c) else f"{r[c]:.2f}" + ("*" if r.get(f"best_{c}") else "")
+                        for c in columns])
+    out.print(table)
+    out.print("homog: homogeneity in the scheme's own space, in original units, and in one common space "
+              "(log of recency, frequency, spend, standardised) where all schemes compare; RFM rows are the "
+              "rule-based baselines.", highlight=False)
+    if summary["forward_days"]:
+        out.print(f"fwd: what customers did in the {summary['forward_days']} days after the as-of date.")
+    else:
+        out.print("No forward validity: the data do not reach quality.forward_horizon_days past the as-of date "
+                  "(compare an earlier --as-of to measure it).")
+    out.print(f"MLflow: run {summary['run_id']} in experiment {summary['experiment']!r}; table and plot in "
+              f"{summary['output_dir']}", highlight=False)
+    out.print(f"Run a scheme for real: segml compare {config} --schemes {schemes} --write-config NAME",
+              highlight=False)
+
+
 @app.command()
 def score(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, verbose: VerboseOpt = False,
           debug: DebugOpt = False) -> None:

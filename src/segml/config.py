@@ -337,6 +337,9 @@ class QualityConfig(_Strict):
 
     stability_resamples: int = Field(10, ge=0)
     stability_sample: int = Field(5_000, ge=100)
+    #: Days after the as-of date over which forward validity is measured, when the data reach that far
+    #: (``segml.schemes``); 0 turns it off.
+    forward_horizon_days: int = Field(90, ge=0)
 
 
 class NamingRule(_Strict):

@@ -263,3 +263,30 @@ def plot_migration(shares: pd.DataFrame, counts: pd.DataFrame, names: dict[str, 
     ax.set_title("Customer migration (share of each previous segment, customers in both runs)")
     fig.colorbar(image, ax=ax, label="% of the previous segment")
     return fig
+
+
+def plot_comparison(table: pd.DataFrame) -> Figure:
+    """Every score of a scheme comparison, one panel each, schemes as bars (baselines in grey), the best
+    of each score outlined."""
+    from segml.schemes import SCORES
+
+    scores = [c for c in SCORES if c in table and table[c].notna().any()]
+    fig = Figure(figsize=PAGE, layout="constrained")
+    cols = 3
+    rows = -(-len(scores) // cols)
+    y = np.arange(len(table))
+    colours = ["#4c72b0" if kind == "scheme" else "#999999" for kind in table["kind"]]
+    for i, score in enumerate(scores):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        values = table[score].to_numpy(dtype=float)
+        bars = ax.barh(y, np.nan_to_num(values), color=colours, height=0.6)
+        for bar, best in zip(bars, table[f"best_{score}"]):
+            if best:
+                bar.set_edgecolor("black")
+                bar.set_linewidth(1.5)
+        ax.set_yticks(y, table["scheme"] if i % cols == 0 else [], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(score, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("Schemes compared on the same customers (grey: RFM baselines; outlined: best)")
+    return fig

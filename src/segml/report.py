@@ -70,6 +70,10 @@ class ReportData:
     matching: pd.DataFrame | None = None
     #: Per segment and attribute (:func:`segml.profiles.attribute_profiles`), when there are attributes.
     attributes: pd.DataFrame | None = None
+    #: Forward validity (:func:`segml.schemes.forward_validity`) over ``forward_days``, when the data allow.
+    forward: pd.DataFrame | None = None
+    forward_metrics: dict[str, float] = field(default_factory=dict)
+    forward_days: int = 0
 
 
 # --- words --------------------------------------------------------------------------------------
@@ -408,6 +412,27 @@ def changes_page(data: ReportData) -> Figure:
     return fig
 
 
+def forward_page(data: ReportData) -> Figure:
+    """Do the segments foretell what customers did next? Per segment, and overall in words."""
+    days = data.forward_days
+    m = data.forward_metrics
+    fig = new_page("Do the segments foretell what customers do next?",
+                   f"What the customers did in the {days} days after {data.as_of}")
+    rows = [[f"{r.segment_id} {r.segment_name}", f"{int(r.customers):,}", f"{r.repurchase_rate:.0%}",
+             _money(r.mean_spend, data.currency)] for r in data.forward.itertuples()]
+    y = draw_table(fig, 0.04, 0.86, [("segment", 0.3), ("customers", 0.12), (f"bought again within {days} days", 0.2),
+                                      ("mean spend in those days", 0.2)], rows, size=10)
+    auc_value = m.get("forward.auc_repurchase", float("nan"))
+    words = [f"Overall {m.get('forward.repurchase_rate', 0):.0%} of the customers bought again.",
+             f"Ranking customers by their segment's repurchase rate tells apart those who bought again from "
+             f"those who did not with an AUC of {auc_value:.2f} (0.5 is chance, 1 a perfect separation).",
+             f"The segments explain {m.get('forward.r2_spend', 0):.0%} of the variance of what customers spent "
+             f"in those {days} days."]
+    for line in words:
+        y = paragraph(fig, 0.04, y - 0.02, line, 0.9, size=11)
+    return fig
+
+
 def contract_page(contract: pd.DataFrame, descriptions: dict[str, str]) -> Figure:
     """How every line read was accounted for."""
     fig = new_page("Data contract", "Every line read is used, rejected (kept in rejected_lines.csv with its "
@@ -453,7 +478,8 @@ def appendix_divider(facts: list[str]) -> Figure:
         y = paragraph(fig, 0.04, y, fact, 0.92, size=10) - 0.01
     paragraph(fig, 0.04, y - 0.02, "The pages that follow: choosing the number of segments, separation and "
               "stability, the segments in the model's space, the feature distributions, the customers in two "
-              "dimensions, the data contract and a glossary.", 0.92, size=10, color=_MUTED)
+              "dimensions, what the customers did next (when the data reach past the as-of date), the data "
+              "contract and a glossary.", 0.92, size=10, color=_MUTED)
     return fig
 
 

@@ -243,6 +243,13 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
         return experiment.experiment_id
 
 
+def start_child(parent: RunHandle, name: str) -> RunHandle:
+    """A child run of ``parent`` in its experiment (shown nested under it in the MLflow UI)."""
+    run = _client(parent.uri).create_run(parent.experiment_id, run_name=name,
+                                         tags={"mlflow.parentRunId": parent.run_id, "segml.version": segml.__version__})
+    return RunHandle(uri=parent.uri, experiment_id=parent.experiment_id, run_id=run.info.run_id)
+
+
 def end_run(handle: RunHandle, error: BaseException | None = None) -> None:
     """Mark the run finished, or failed with the error's message (masked) as a tag."""
     client = _client(handle.uri)
