@@ -120,6 +120,10 @@ def sample_files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("spark-sample")
     config_path = write_sample(folder, n_customers=1500, seed=3)
+    # Customer attributes are read by the DuckDB engine only: the purchases alone are compared.
+    raw = yaml.safe_load(config_path.read_text())
+    raw.pop("customers", None)
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     csv = folder / "data" / "sample_purchases.csv"
     # The same lines as Parquet, in two files (a folder), to check line numbers across files.
     lines = pd.read_csv(csv, dtype=str, keep_default_na=False)
@@ -198,6 +202,85 @@ def test_executors_assign_every_customer_as_the_fitted_model_does(spark, sample_
     assigned.unpersist()
 
 
+def test_both_engines_score_and_write_every_customer_alike(spark, sample_files, tmp_path):
+    from segml.duckdb_engine import open_engine as open_duckdb
+    from segml.spark_engine import SparkEngine
+
+    config_path, _ = sample_files
+    config = load_config(config_path)
+    model, _ = fit_model(prepare_purchases(config).features, config)
+    segments = pd.DataFrame({"segment": range(model.n_segments),
+                             "segment_id": [f"S{s + 1}" for s in range(model.n_segments)],
+                             "segment_name": [f"name {s}" for s in range(model.n_segments)]})
+    written = {}
+    for name, engine in (("duckdb", open_duckdb(config)), ("spark", SparkEngine(spark, spark_twin(config).spark))):
+        with engine:
+            engine.read(config.data, str(config_path))
+            report = engine.classify_lines(config.data, config.window)
+            engine.write(engine.score(model, segments, report.as_of), path=tmp_path / f"{name}.parquet")
+        written[name] = pd.read_parquet(tmp_path / f"{name}.parquet").sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(written["spark"], written["duckdb"], check_dtype=False)
+    assert len(written["duckdb"]) > 1000
+    assert written["duckdb"]["segment_id"].nunique() == model.n_segments
+
+
+def test_rejected_lines_written_to_a_file_match_on_both_engines(spark, sample_files, tmp_path):
+    config_path, _ = sample_files
+    config = load_config(config_path)
+    for name, twin in (("duckdb", config), ("spark", spark_twin(config))):
+        purchases = prepare_purchases(twin, rejected_file=tmp_path / f"{name}.csv")
+        assert purchases.rejected is None and purchases.rejected_table == tmp_path / f"{name}.csv"
+    on_spark, on_duckdb = (pd.read_csv(tmp_path / f"{n}.csv", dtype=str, keep_default_na=False)
+                           for n in ("spark", "duckdb"))
+    assert len(on_duckdb) == purchases.report.rows_rejected > 0
+    pd.testing.assert_frame_equal(on_spark, on_duckdb)
+
+
+def test_every_read_of_the_order_summary_comes_from_the_cache(spark, sample_files, capsys):
+    from segml import spark_engine
+    from segml.dialects import SPARK
+    from segml.features import features_sql
+    from segml.validation import ORDERS, counts_sql, rejected_sql
+
+    config_path, _ = sample_files
+    config = load_config(config_path)
+    spark_engine.read_purchases(spark, config.data)
+    report = spark_engine.classify_lines(spark, config.data, config.window)
+    try:
+        for sql in (features_sql(report.as_of, SPARK), counts_sql(), rejected_sql(SPARK)):
+            spark.sql(sql).explain()
+            plan = capsys.readouterr().out
+            assert plan.count("InMemoryTableScan") == sql.count(ORDERS), sql
+    finally:
+        spark_engine.uncache(spark)
+
+
+@pytest.mark.parametrize("cores, size, expected", [
+    (2, None, 4),                 # no file to measure (a database table): twice the cores
+    (2, 10 << 20, 4),             # 10 MB of input: still twice the cores
+    (2, 100 << 20, 7),            # 100 MB: one partition per 16 MB
+    (64, 100 << 20, 128),         # a big cluster: twice its cores
+], ids=["no size", "small file", "bigger file", "many cores"])
+def test_shuffle_partitions_follow_the_cores_and_the_input(cores, size, expected):
+    from segml.spark_engine import shuffle_partitions
+
+    assert shuffle_partitions(cores, size) == expected
+
+
+def test_the_core_imports_no_engine_and_the_spark_engine_not_the_core():
+    import subprocess
+    import sys
+
+    check = ("import sys, segml.segmentation; assert 'segml.spark_engine' not in sys.modules; "
+             "assert 'pyspark' not in sys.modules; import segml.spark_engine, importlib; "
+             "print(sorted(m for m in sys.modules if m.startswith('segml.')))")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    check = "import sys, segml.spark_engine; assert 'segml.segmentation' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.postgres
 def test_assignments_are_written_to_postgres_over_jdbc(spark, jdbc_driver):
     from segml.spark_engine import write_assignments
@@ -216,8 +299,9 @@ def test_the_flow_on_spark_records_and_publishes_what_duckdb_does(spark, prefect
 
     from pipelines.segment import segment_customers
 
-    on_duckdb = segment_customers(str(write_flow_config(tmp_path / "duckdb")))
-    on_spark = segment_customers(str(write_flow_config(tmp_path / "spark", engine="spark",
+    # Customer attributes are read by the DuckDB engine only: both flows segment the purchases alone.
+    on_duckdb = segment_customers(str(write_flow_config(tmp_path / "duckdb", customers=None)))
+    on_spark = segment_customers(str(write_flow_config(tmp_path / "spark", customers=None, engine="spark",
                                                        spark={"master": "local[2]"})))
     for key in ("rows_read", "rows_used", "rows_rejected", "rows_outside_window", "customers", "n_segments",
                 "homogeneity", "as_of"):
@@ -237,7 +321,8 @@ def test_scoring_on_spark_assigns_like_the_champion_and_writes_parquet_and_jdbc(
     from pipelines.segment import segment_customers
     from segml.contract import CRM_COLUMNS
 
-    config_path = write_flow_config(tmp_path, spark={"master": "local[2]", "jdbc_table": "segml_spark_scores"})
+    config_path = write_flow_config(tmp_path, customers=None,
+                                    spark={"master": "local[2]", "jdbc_table": "segml_spark_scores"})
     refit = segment_customers(str(config_path))  # fitted and published with DuckDB
     raw = yaml.safe_load(config_path.read_text())
     raw["engine"] = "spark"

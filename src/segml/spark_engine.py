@@ -42,6 +42,7 @@ from segml.models import SegmentModel
 from segml.outputs import write_csv
 from segml.sources import LINE, MALFORMED, RAW, check_columns, csv_column_names, file_format, fingerprint_of
 from segml.validation import (
+    LINE_TEXT,
     LINES,
     ORDERS,
     REJECTED,
@@ -348,6 +349,10 @@ def rejected_lines(spark: SparkSession) -> pd.DataFrame:
     frame = spark.table(REJECTED).orderBy("line").toArrow().to_pandas(coerce_temporal_nanoseconds=False)
     for column in frame.select_dtypes("datetimetz").columns:  # Spark's zoned times: UTC wall time, as on DuckDB
         frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+    # Spark keeps a column for malformed CSV lines whether there are any or not; DuckDB only when there are.
+    text = next((c for c in (LINE_TEXT, f"__{LINE_TEXT}") if c in frame.columns and c not in column_types(spark)), None)
+    if text is not None and frame[text].isna().all():
+        frame = frame.drop(columns=text)
     return frame
 
 
