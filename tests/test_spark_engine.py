@@ -94,6 +94,13 @@ def test_a_format_spark_cannot_parse_is_a_config_error():
         parse_config(raw)
 
 
+def test_an_engine_segml_does_not_have_is_a_config_error():
+    raw = {"engine": "polars", "data": {"path": "x.csv",
+                                        "columns": {"customer_id": "c", "timestamp": "t", "amount": "a"}}}
+    with pytest.raises(ConfigError, match="engine: Input should be 'duckdb' or 'spark'"):
+        parse_config(raw)
+
+
 def test_a_url_data_path_is_left_for_spark_to_read(tmp_path):
     config = tmp_path / "cluster.yaml"
     config.write_text(yaml.safe_dump({"engine": "spark", "spark": {"master": "spark://head:7077"}, "data": {

@@ -30,6 +30,7 @@ from pydantic import (
 
 from segml.contract import CRM_COLUMNS
 from segml.dialects import java_datetime_pattern
+from segml.engine import ENGINES
 from segml.errors import ConfigError
 from segml.secrets import mask_config, mask_url
 
@@ -541,7 +542,7 @@ class SegmlConfig(_Strict):
     publish: PublishConfig = PublishConfig()
     duckdb: DuckDBConfig = DuckDBConfig()
     #: ``duckdb`` (embedded, one machine) or ``spark`` (reading, contract and features on Spark).
-    engine: Literal["duckdb", "spark"] = "duckdb"
+    engine: Literal[tuple(ENGINES)] = "duckdb"  # the engines segml.engine names
     spark: SparkConfig = SparkConfig()
     #: Customer attributes from a source of their own (one row per customer).
     customers: CustomersConfig | None = None
