@@ -148,7 +148,8 @@ class _OnlyOurs(logging.Filter):
     stay in the Prefect UI; warnings of segml's modules still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("prefect")
+        # Prefect's background services log under their class names (EventsWorker...): known by their file.
+        return not (record.name.startswith("prefect") or f"{os.sep}prefect{os.sep}" in record.pathname)
 
 
 class _Progress(logging.Handler):
