@@ -229,6 +229,7 @@ def test_the_demo_carries_attributes_to_the_crm_and_to_mlflow(demo):
     assert "segment_attributes.csv" in {a.path for a in client.list_artifacts(run_id)}
 
 
+@pytest.mark.slow
 def test_a_gate_failure_says_so_once_on_stdout_with_the_segment_table(segml_cli, tmp_path):
     config = write_sample(tmp_path, n_customers=200)
     raw = yaml.safe_load(config.read_text())

@@ -210,6 +210,7 @@ def test_the_mlflow_run_and_model_version_describe_themselves(flow_run):
     assert version.tags["gates"] in ("passed", "none configured") and version.run_id == summary["run_id"]
 
 
+@pytest.mark.slow
 def test_a_past_as_of_date_measures_forward_validity_on_the_days_after_it(prefect_harness, tmp_path):
     config_path = write_flow_config(tmp_path, quality={"stability_resamples": 0, "forward_horizon_days": 28})
     summary = segment_customers(str(config_path), as_of=dt.date(2023, 12, 1))
