@@ -106,15 +106,6 @@ def homogeneity_of(Z: np.ndarray, labels: np.ndarray) -> float:
     return total / len(labels)
 
 
-def explained_share(Z: np.ndarray, labels: np.ndarray) -> float:
-    """``1 - within / total`` sum of squares of ``Z`` around the segment means."""
-    total = float(((Z - Z.mean(axis=0)) ** 2).sum())
-    if total == 0:
-        return 0.0
-    within = sum(float(((Z[labels == s] - Z[labels == s].mean(axis=0)) ** 2).sum()) for s in np.unique(labels))
-    return 1.0 - within / total
-
-
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for ``positive`` (ties count half); NaN without both classes."""
     positive = np.asarray(positive, dtype=bool)
@@ -177,7 +168,7 @@ def score_labels(features: pd.DataFrame, labels: np.ndarray, future: pd.DataFram
         "k": float(len(np.unique(labels))),
         "homogeneity_original": float(np.nansum(sizes * original)),
         "homogeneity_common": homogeneity_of(Z, labels),
-        "explained_variance_common": explained_share(Z, labels),
+        "explained_variance_common": quality.explained_variance(Z, labels),
         "silhouette_common": float(np.nansum(sizes * np.nan_to_num(silhouettes))),
         "segment_share_min": float(sizes[sizes > 0].min()),
     }
