@@ -238,7 +238,7 @@ def register_model(handle: tracking.RunHandle, config: SegmlConfig, purchases: P
     gate_state = "failed: " + "; ".join(failed) if failed else ("passed" if gates else "none configured")
     description = (f"{config.model.algorithm} segmentation of {config.name} as of {as_of}, k = {model.n_segments}: "
                    + ", ".join(f"{r.segment_id} {r.segment_name} ({r.share:.0%})" for r in segments.itertuples())
-                   + f". Quality gates {gate_state}. Run {handle.run_id}.")
+                   + f". Quality gates: {gate_state}. Run {handle.run_id}.")
     tags = {"as_of": as_of, "k": str(model.n_segments), "gates": gate_state,
             "features": ",".join(model.features), "algorithm": config.model.algorithm}
     _, version = tracking.log_model(handle, config, model, names, purchases.features, description, tags)
