@@ -16,6 +16,7 @@ import pandas as pd
 
 from segml.config import DataConfig, SegmlConfig, WindowConfig
 from segml.engine import Engine, assign_frame, segment_lookup
+from segml.errors import SegmlError
 from segml.features import compute_features
 from segml.models import SegmentModel
 from segml.outputs import write_csv_batches
@@ -62,6 +63,9 @@ class DuckDBEngine(Engine):
             table.to_parquet(path, index=False)
         if url is not None:
             import sqlalchemy as sa
+
+            if not table_name:
+                raise SegmlError("a database write needs a table name")
 
             engine = sa.create_engine(url)
             try:
