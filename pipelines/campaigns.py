@@ -34,6 +34,7 @@ from segml.campaigns import (
     plot_uplift,
     read_campaign,
     report_window,
+    segment_names,
 )
 from segml.config import SegmlConfig, WindowConfig, load_config, publish_url
 from segml.errors import NoUsableLinesError
@@ -98,6 +99,7 @@ def report_campaign(config_path: str | Path, name: str, days: int | None = None,
         window = report_window(campaign["sent_date"], days, as_of)
         spend, bought, contract = campaign_outcomes(cfg, window.start, window.end, str(config_path))
         table = measure_uplift(members, spend, bought)
+        table.insert(1, "segment_name", table["segment_id"].map(segment_names(engine, cfg.name)))
         experiment = f"{cfg.experiment_name}-campaigns"
         handle = tracking.start_run(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
             update={"experiment": experiment})}), run_name=f"{name} as of {as_of}")

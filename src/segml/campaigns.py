@@ -38,7 +38,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from segml.errors import SegmlError
-from segml.publish import campaign_members_table, campaigns_table, ensure_schema
+from segml.publish import campaign_members_table, campaigns_table, ensure_schema, segments_table
 
 #: Two-sided 95% normal quantile.
 Z95 = 1.959963984540054
@@ -205,8 +205,10 @@ def plot_uplift(table: pd.DataFrame, title: str):
         colour = "#444444" if segment == OVERALL else "#1f77b4"
         ax.errorbar(points[i], y[i], xerr=[[low[i]], [high[i]]], fmt="o", color=colour, capsize=4)
     ax.axvline(0, color="#999999", linewidth=1)
-    ax.set_yticks(y, [f"{s} (n={t:,}+{c:,})" for s, t, c in
-                      zip(rows["segment_id"], rows["target_customers"], rows["control_customers"])])
+    names = rows["segment_name"] if "segment_name" in rows else rows["segment_id"]
+    ax.set_yticks(y, [f"{s} {n}\n{t:,} target, {c:,} control" if s != OVERALL else f"all segments\n{t:,} target, "
+                      f"{c:,} control" for s, n, t, c in zip(rows["segment_id"], names.fillna(""),
+                                                             rows["target_customers"], rows["control_customers"])])
     ax.set_xlabel("uplift in the share who bought (percentage points, 95% interval)")
     ax.set_title(title)
     fig.tight_layout()
@@ -263,6 +265,13 @@ def read_campaign(engine: sa.Engine, segmentation: str, name: str) -> tuple[dict
     for key in ("as_of", "sent_date"):
         campaign[key] = pd.Timestamp(campaign[key]).date()
     return campaign, members
+
+
+def segment_names(engine: sa.Engine, segmentation: str) -> dict[str, str]:
+    """Each segment id of ``segmentation``'s catalogue (retired ones too) and its name."""
+    with engine.connect() as connection:
+        return dict(connection.execute(sa.select(segments_table.c.segment_id, segments_table.c.segment_name)
+                                       .where(segments_table.c.segmentation == segmentation)).all())
 
 
 def open_campaigns(engine: sa.Engine, segmentation: str) -> list[str]:

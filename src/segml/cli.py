@@ -549,7 +549,8 @@ def campaign_report(
                   if r.uplift == r.uplift else "no control")
         revenue = (f"{r.incremental_revenue:,.0f} [{r.incremental_revenue_low:,.0f}, {r.incremental_revenue_high:,.0f}]"
                    if r.incremental_revenue == r.incremental_revenue else "")
-        table.add_row(str(r.segment_id), f"{r.target_customers:,}", f"{r.control_customers:,}",
+        segment = f"{r.segment_id} {r.segment_name}" if isinstance(r.segment_name, str) else str(r.segment_id)
+        table.add_row(segment, f"{r.target_customers:,}", f"{r.control_customers:,}",
                       f"{r.target_bought_share:.1%} / {r.control_bought_share:.1%}", uplift,
                       f"{r.target_spend_per_customer:,.2f} / {r.control_spend_per_customer:,.2f}", revenue)
     out.print(table)
@@ -712,7 +713,8 @@ def _demo_campaign(config_path: Path, summary: dict) -> None:
               f"purchases in the 30 days after carry a planted +10 points in {largest} and nothing elsewhere.")
     report = report_campaign(config_path, "demo", as_of=SAMPLE_AS_OF + dt.timedelta(days=30))
     for r in report["table"].itertuples():
-        out.print(f"  {r.segment_id}: uplift {100 * r.uplift:+.1f} points (95% interval {100 * r.uplift_low:+.1f} "
+        name = f" {r.segment_name}" if isinstance(r.segment_name, str) else ""
+        out.print(f"  {r.segment_id}{name}: uplift {100 * r.uplift:+.1f} points (95% interval {100 * r.uplift_low:+.1f} "
                   f"to {100 * r.uplift_high:+.1f}), incremental revenue {r.incremental_revenue:,.0f}", highlight=False)
     out.print(f"Campaign report in {report['output_dir']} (MLflow experiment {report['experiment']!r})")
 
