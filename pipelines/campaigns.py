@@ -24,6 +24,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pipelines.segment import resolve_as_of, retry_if_transient
 from segml import tracking
 from segml.campaigns import (
     OVERALL,
@@ -140,7 +141,7 @@ def report_campaign(config_path: str | Path, name: str, days: int | None = None,
             "output_dir": str(destination), "table": table, "overall": overall.to_dict()}
 
 
-@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def list_open_campaigns(config: SegmlConfig) -> list[str]:
     """The campaigns of the configuration whose final report is not made yet."""
     engine = create_engine(publish_url(config, dict(os.environ)))
@@ -167,8 +168,6 @@ def report_one(config_path: str, name: str, as_of: dt.date | None) -> dict[str, 
 def report_campaigns(config: str | Path, as_of: dt.date | None = None) -> list[dict[str, Any]]:
     """Report every open campaign of a configuration (see :func:`report_campaign`); a scheduled run
     reports as of its scheduled day."""
-    from pipelines.segment import resolve_as_of
-
     cfg = load_config(config)
     as_of = resolve_as_of(as_of, cfg)
     names = list_open_campaigns(cfg)
