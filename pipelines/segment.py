@@ -578,8 +578,8 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
             data.forward_days = cfg.quality.forward_horizon_days
         destination = publication.destination_of(cfg, as_of, "refit")
         links = run_links(handle, destination / "segment_report.pdf")
-        tracking.set_tags(handle.uri, handle.run_id,
-                          {"mlflow.note.content": report_pages.markdown_summary(data, links)})
+        tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(
+            data, links, "Passed its gates; not published yet (see the tag segml.publication).")})
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
             progress.step("drawing the figures and the report")
@@ -613,6 +613,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
         shutil.rmtree(work, ignore_errors=True)
 
     segments_artifact(cfg, data, links)
+    tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(data, links)})
     summary = run_summary(cfg, handle, version, purchases, model, scored, gates, migration, identity, shifts,
                           warnings, database, destination, segments)
     logger.info("segmentation published to %s (MLflow run %s)", destination, handle.run_id)

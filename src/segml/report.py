@@ -138,12 +138,13 @@ def _measures(unit: str, currency: str) -> list[tuple[str, str, Callable[[float]
     ]
 
 
-def markdown_summary(data: ReportData, links: dict[str, str] | None = None) -> str:
+def markdown_summary(data: ReportData, links: dict[str, str] | None = None, state: str | None = None) -> str:
     """The run in a few lines of markdown: state, the segment table with changes and actions, what
-    changed (renames, drift), the run's facts and warnings; ``links`` (label -> URL) close it."""
+    changed (renames, drift), the run's facts and warnings; ``links`` (label -> URL) close it. ``state``
+    replaces "Published." for a run that passed its gates but is not published yet."""
     s = data.segments
     lines = [f"**{data.name}** as of {data.as_of}: {int(s['size'].sum()):,} customers in {len(s)} segments. "
-             + ("**Not published**: " + data.held_back + "." if data.held_back else "Published."), ""]
+             + ("**Not published**: " + data.held_back + "." if data.held_back else state or "Published."), ""]
     first = data.previous_as_of is None
     head = ["id", "segment", "customers", "share"] + ([] if first else ["change"]) + [
         "revenue", "homogeneity", "what they are", "suggested action"]
