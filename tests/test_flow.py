@@ -122,7 +122,7 @@ def test_prefect_shows_the_segment_table(flow_run):
     assert "Published." in text and "report (PDF)](file://" in text
     # The flow run is named after the segmentation and its date, not a random pair of words.
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(artifacts[0].flow_run_id).name == "sample as of latest"
+        assert client.read_flow_run(artifacts[0].flow_run_id).name == "sample as of 2024-01-01"  # window.as_of
 
 
 def test_a_failed_step_fails_the_flow_marks_the_run_failed_and_publishes_nothing(prefect_harness, tmp_path):
