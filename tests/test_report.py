@@ -55,3 +55,16 @@ def test_the_summary_of_a_rerun_gives_changes_renames_and_drift_of_model_feature
 def test_the_summary_of_a_first_run_has_no_change_column():
     text = markdown_summary(_data(None))
     assert "| id | segment | customers | share | revenue |" in text and "renamed" not in text
+
+
+def test_the_overview_names_every_renamed_retired_and_new_segment():
+    # The overview is the page a marketer reads; a retired or renamed id changes what the CRM's key
+    # means, so none of them may be left to the "What changed" page alone.
+    from segml.report import overview_page
+
+    fig = overview_page(_data("2024-01-01"))
+    text = " ".join(t.get_text() for t in fig.texts)
+    assert "S1 renamed: was “Loyal”, now “Champions”." in text
+    assert "S3 (“Lost”) is new." in text
+    assert "S2 (“At risk”) retired: no segment of this run matches it." in text
+    assert "Drift" not in text  # drift stays on the "What changed" page

@@ -173,6 +173,23 @@ def _is_new(data: ReportData, segment_id: str) -> bool:
     return bool(((m["segment_id"] == segment_id) & (m["outcome"] == "new")).any())
 
 
+def segment_changes(data: ReportData) -> list[str]:
+    """The segments renamed, retired and new since the last published run, one sentence each."""
+    out = []
+    if data.previous_as_of is None or data.matching is None or "outcome" not in data.matching:
+        return out
+    for r in data.matching.itertuples():
+        if r.outcome == "renamed":
+            out.append(f"{r.segment_id} renamed: was \u201c{r.previous_segment_name}\u201d, now "
+                       f"\u201c{r.segment_name}\u201d.")
+        elif r.outcome == "retired":
+            out.append(f"{r.segment_id} (\u201c{r.previous_segment_name}\u201d) retired: no segment of this "
+                       "run matches it.")
+        elif r.outcome == "new":
+            out.append(f"{r.segment_id} (\u201c{r.segment_name}\u201d) is new.")
+    return out
+
+
 def changes_in_words(data: ReportData) -> list[str]:
     """What changed since the last published run, one sentence each (nothing on a first run)."""
     if data.previous_as_of is None:
@@ -182,16 +199,7 @@ def changes_in_words(data: ReportData) -> list[str]:
            f"customers in both, {m.get('customers_changed', 0):,.0f} changed segment "
            f"({m.get('changed_share', 0):.1%}), {m.get('customers_new', 0):,.0f} new, "
            f"{m.get('customers_lapsed', 0):,.0f} lapsed (not in this run)."]
-    if data.matching is not None and "outcome" in data.matching:
-        for r in data.matching.itertuples():
-            if r.outcome == "renamed":
-                out.append(f"{r.segment_id} renamed: was \u201c{r.previous_segment_name}\u201d, now "
-                           f"\u201c{r.segment_name}\u201d.")
-            elif r.outcome == "retired":
-                out.append(f"{r.segment_id} (\u201c{r.previous_segment_name}\u201d) retired: no segment of this "
-                           "run matches it.")
-            elif r.outcome == "new":
-                out.append(f"{r.segment_id} (\u201c{r.segment_name}\u201d) is new.")
+    out += segment_changes(data)
     psi = {f: data.shifts[f"psi.{f}"] for f in data.model_features if f"psi.{f}" in data.shifts}
     if psi:
         out.append("Drift of the model's features: " + "; ".join(
@@ -278,7 +286,7 @@ def overview_page(data: ReportData) -> Figure:
     notes = ([f"Change: the segment's share of customers now against the published run as of "
               f"{data.previous_as_of}, in percentage points."] if not first else
              ["This is the first published segmentation: changes show from the next run on."])
-    notes += changes_in_words(data)[1:2] if not first else []
+    notes += segment_changes(data)  # every rename, retirement and new segment: the CRM's ids change meaning
     notes += [f"Warning: {w}" for w in data.warnings]
     notes += ["", *data.facts[:1], "Each segment has a page of its own; the appendix explains how the segments "
               "were made and how good they are."]
