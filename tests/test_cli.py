@@ -243,3 +243,23 @@ def test_a_gate_failure_says_so_once_on_stdout_with_the_segment_table(segml_cli,
     assert "Results are in" not in result.stdout
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "gate" in line]
     assert errors == ["error: not published: quality gates failed (see above)"], result.stderr
+
+
+def test_the_comparison_table_keeps_every_score_whole_at_80_columns():
+    # Output to a file or a pipe is 80 columns wide: the scores used to be cut to "0.…".
+    import io
+
+    from rich.console import Console
+
+    from segml.cli import comparison_table
+    from segml.schemes import SCORES
+
+    row = {score: 0.123 for score in SCORES}
+    rows = [{"scheme": name, "kind": kind, "k": 5, **row, "best_homogeneity": name == "gmm-5"}
+            for name, kind in (("kmeans-rfm", "scheme"), ("gmm-5", "scheme"), ("RFM score, 5 groups", "baseline"))]
+    console = Console(file=io.StringIO(), width=80, soft_wrap=True)
+    console.print(comparison_table({"table": rows, "customers": 1672, "as_of": "2011-03-01"}))
+    text = console.file.getvalue()
+    assert "…" not in text
+    assert text.count("0.12") == len(rows) * len(SCORES)
+    assert "0.12*" in text and "RFM score, 5 groups" in text
