@@ -15,7 +15,8 @@
 3. The whole flow against the bare script, KMeans and a Gaussian mixture,
    k from 2 to 10, with the sampled fit compared to a fit on every customer.
 4. Scoring 1,000,000 customers with a logged champion, in chunks.
-5. With ``--spark``: segml's contract and features on Spark in local mode.
+5. With ``--spark``: segml's contract and features on Spark in local mode, beside the same
+   aggregation as ``duckdb_orders`` written for Spark (``spark_bare``), in the same settings.
 
 Uses the scripts beside it (``features_benchmark.py``, ``flow_benchmark.py``,
 ``score_benchmark.py``); the generated data stays in ``benchmarks/data/``.
@@ -86,7 +87,7 @@ def main() -> None:
 
     rows: list[tuple[str, str, str, str]] = []  # what, seconds, peak, notes
     path = features_benchmark.data_path(args.lines)
-    methods = ("pandas", "lifetimes", "polars", "duckdb_sql", *FLOOR, "segml", *(["spark"] if args.spark else []))
+    methods = ("pandas", "lifetimes", "polars", "duckdb_sql", *FLOOR, "segml", *(["spark_bare", "spark"] if args.spark else []))
     features = measure_features(methods, args.lines, None, rows)
     large = measure_features((*FLOOR, "segml"), args.large, LARGE_LIMIT, rows) if args.large else {}
     flows = {}

@@ -56,7 +56,6 @@ from segml.validation import (
     lines_sql,
     orders_sql,
     plausible_dates,
-    rejected_sql,
     window_of,
 )
 
@@ -300,11 +299,30 @@ def hash_pass(spark: SparkSession, columns: list[str]) -> tuple[int, int, list[i
     to the driver and the contract compares just those lines.
     """
     hashed = ", ".join(backquote(c) for c in columns)
-    n, total, repeated = spark.sql(f"""
-        SELECT sum(n), sum(CAST(__hash AS DECIMAL(38, 0)) * n), collect_list(CASE WHEN n > 1 THEN __hash END)
+    # The hashes summed in three 64-bit integer sums of 22, 21 and 21 bits each (exact up to 2 ** 41
+    # lines): a decimal sum would take Java's BigDecimal once per line.
+    n, high, middle, low, repeated = spark.sql(f"""
+        SELECT sum(n), sum(shiftright(__hash, 42) * n), sum((shiftright(__hash, 21) & 2097151) * n),
+               sum((__hash & 2097151) * n), collect_list(CASE WHEN n > 1 THEN __hash END)
         FROM (SELECT __hash, count(*) AS n FROM (SELECT xxhash64({hashed}) AS __hash FROM {RAW}) GROUP BY __hash)
     """).first()
-    return int(n or 0), int(total or 0), list(repeated)
+    total = ((high or 0) << 42) + ((middle or 0) << 21) + (low or 0)
+    return int(n or 0), total, list(repeated)
+
+
+def rejected_sql(columns: list[str], malformed: bool) -> str:
+    """The ``rejected_lines`` view on Spark: each rejected line's number and reason from
+    ``order_lines``, its values (``columns``, and a malformed line's text) read again from the
+    source by that number. The rejected lines are few: the join broadcasts them."""
+    values = ", ".join(f"__raw.{backquote(c)}" for c in columns)
+    if malformed:
+        text = LINE_TEXT if LINE_TEXT not in columns else f"__{LINE_TEXT}"
+        values += f", __raw.{backquote(MALFORMED)} AS {backquote(text)}"
+    return f"""
+        SELECT /*+ BROADCAST(__r) */ __r.line, __r.reason, {values}
+        FROM (SELECT rejected_line AS line, reason FROM {ORDERS} WHERE rejected_line IS NOT NULL) AS __r
+        JOIN {RAW} AS __raw ON __raw.{LINE} = __r.line
+    """
 
 
 def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig,
@@ -324,7 +342,7 @@ def classify_lines(spark: SparkSession, data: DataConfig, window: WindowConfig,
                            malformed=malformed, plausible=plausible)).createOrReplaceTempView(STAGED)
     spark.sql(lines_sql(as_of, window_start, SPARK, keep)).createOrReplaceTempView(LINES)
     spark.sql(orders_sql(SPARK, keep)).persist().createOrReplaceTempView(ORDERS)
-    spark.sql(rejected_sql(SPARK)).createOrReplaceTempView(REJECTED)
+    spark.sql(rejected_sql(list(types), malformed)).createOrReplaceTempView(REJECTED)
     counts = [(r["status"], r["reason"], int(r["n"]), r["last_purchase"], int(r["duplicates"] or 0))
               for r in spark.sql(counts_sql(keep)).collect()]
     return build_report(rows, counts, as_of, window_start, fingerprint=fingerprint_of(rows, hash_sum))
@@ -337,7 +355,8 @@ def compute_features(spark: SparkSession, as_of: dt.date) -> DataFrame:
 
 def collect_features(features: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(features, excluded)`` on the driver, as :func:`segml.features.compute_features` gives them."""
-    return split_features(features.orderBy("customer_id").toPandas())
+    # Sorted here rather than by Spark, whose sort samples (computes) the features once more first.
+    return split_features(features.toPandas().sort_values("customer_id", ignore_index=True))
 
 
 def rejected_lines(spark: SparkSession) -> pd.DataFrame:

@@ -435,10 +435,11 @@ def orders_sql(d: Dialect = DUCKDB, keep: bool = False, attributes: tuple[str, .
     """
     duplicates = "count(*) FILTER (WHERE duplicate) AS duplicates," if keep else ""
     if d.rejected_rows:
-        # Each rejected line a row of its own, its number and values grouping keys (NULL on every other
-        # line): a list aggregate would turn Spark's hash aggregation of every order into a sort.
-        rejected = "CASE WHEN status = 'rejected' THEN line END AS rejected_line, source"
-        rejected_keys = ", CASE WHEN status = 'rejected' THEN line END, source"
+        # Each rejected line a row of its own, its number a grouping key (NULL on every other line);
+        # Spark's rejected_lines reads its values from the source by that number. Values in the
+        # aggregation, or a list aggregate, would make Spark's aggregation of every order slower.
+        rejected = "CASE WHEN status = 'rejected' THEN line END AS rejected_line"
+        rejected_keys = ", CASE WHEN status = 'rejected' THEN line END"
     else:
         rejected = (f"{d.collect(d.pack({'line': 'line', 'source': 'source'}))} FILTER (WHERE status = 'rejected') "
                     "AS rejected")
@@ -464,9 +465,8 @@ def status_of(reason: str) -> str:
 
 
 def rejected_sql(d: Dialect = DUCKDB) -> str:
-    """The ``rejected_lines`` view: line number, reason and the source's own columns."""
-    if d.rejected_rows:
-        return f"SELECT rejected_line AS line, reason, {d.unpack('source')} FROM {ORDERS} WHERE rejected_line IS NOT NULL"
+    """The ``rejected_lines`` view: line number, reason and the source's own columns (for an
+    engine whose ``order_lines`` holds the lists of rejected lines, not :attr:`Dialect.rejected_rows`)."""
     return f"""
         SELECT __r.line AS line, reason, {d.unpack('__r.source')}
         FROM (SELECT reason, {d.explode('rejected')} AS __r FROM {ORDERS} WHERE reason IS NOT NULL) AS __rejected
