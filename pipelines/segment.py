@@ -130,8 +130,10 @@ def measure_forward(config: SegmlConfig, purchases: Purchases, scored: Quality, 
     ids = segments.set_index("segment")["segment_id"]
     by_customer = pd.Series(ids.loc[scored.labels].to_numpy(), index=purchases.features.sort_index().index)
     table, metrics = forward_validity(by_customer, future)
-    table = table.rename(columns={"segment": "segment_id"}).merge(
-        segments[["segment_id", "segment_name"]], on="segment_id")
+    # In the segments' order (largest first), as every other table and page: not by id, where S10
+    # would come before S2.
+    table = segments[["segment_id", "segment_name"]].merge(
+        table.rename(columns={"segment": "segment_id"}), on="segment_id")
     get_run_logger().info("forward validity over %d days: %s", horizon,
                           {k: round(v, 3) for k, v in metrics.items()})
     return table[["segment_id", "segment_name", "customers", "repurchase_rate", "mean_spend"]], metrics
