@@ -88,6 +88,9 @@ def write_scheme_config(config_path: str | Path, schemes_path: str | Path, name:
     load_config(config_path)  # the base must be valid
     raw = read_yaml(config_path.read_text(encoding="utf-8"), source=str(config_path))
     merged = _merge(raw, schemes[name])
+    # Its own name: its own experiment, registered model, output folder and CRM segmentation, so running
+    # it never republishes the segmentation the configuration publishes.
+    merged = {"name": f"{raw.get('name', config_path.stem)}-{name}", **{k: v for k, v in merged.items() if k != "name"}}
     parse_config(merged, source=f"{schemes_path}, scheme {name!r}")
     target = out or config_path.with_name(f"{config_path.stem}.{name}.yaml")
     target.write_text(f"# {config_path.name} with scheme {name!r} of {Path(schemes_path).name}\n"

@@ -38,6 +38,8 @@ def test_compare_fits_every_scheme_on_the_same_customers_beside_the_baselines(pr
     assert table["stability_ari"].iloc[:2].notna().all() and table["stability_ari"].iloc[2:].isna().all()
     for column in ("homogeneity_common", "forward.r2_spend"):  # exactly the best row(s) marked
         assert table.loc[table[f"best_{column}"], column].eq(table[column].max()).all()
+    # scores in each scheme's own space describe it but rank nothing: no best marked
+    assert "best_homogeneity" not in table and "best_silhouette" not in table
     assert (Path(summary["output_dir"]) / "comparison.csv").exists()
     config = load_config(config_path)
     client = MlflowClient(tracking_uri=config.tracking.uri)
@@ -55,6 +57,8 @@ def test_a_scheme_is_written_as_a_configuration_of_its_own(tmp_path):
     written = write_scheme_config(config_path, _schemes(tmp_path), "gmm-4")
     config = load_config(written)
     assert written.name == f"{config_path.stem}.gmm-4.yaml"
+    # a name of its own: running it publishes a segmentation of its own, not over the configuration's
+    assert config.name == f"{load_config(config_path).name}-gmm-4"
     assert config.model.algorithm == "gmm" and config.model.k_range == (3, 5)
     assert list(config.features) == ["recency_days", "frequency", "monetary", "tenure_days"]
     assert config.data.path == load_config(config_path).data.path  # the data stay the configuration's

@@ -277,10 +277,10 @@ def run(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, verbo
     _print_summary(summary)
 
 
-_SCORE_LABELS = {"homogeneity": "homog", "homogeneity_original": "homog units",
-                 "homogeneity_common": "homog common", "explained_variance": "expl var", "silhouette": "silh",
-                 "stability_ari": "stab", "segment_share_min": "min share", "forward.r2_spend": "fwd R²",
-                 "forward.auc_repurchase": "fwd AUC"}
+_SCORE_LABELS = {"homogeneity_common": "homog", "explained_variance_common": "expl var",
+                 "silhouette_common": "silh", "homogeneity_original": "homog units", "stability_ari": "stab",
+                 "segment_share_min": "min share", "forward.r2_spend": "fwd R²", "forward.auc_repurchase": "fwd AUC",
+                 "homogeneity": "own: homog", "explained_variance": "own: expl var", "silhouette": "own: silh"}
 
 
 def comparison_table(summary: dict) -> Table:
@@ -336,9 +336,10 @@ def compare(
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     out.print(comparison_table(summary))
-    out.print("homog: homogeneity in the scheme's own space, in original units, and in one common space "
-              "(log of recency, frequency, spend, standardised) where all schemes compare; RFM rows are the "
-              "rule-based baselines.", highlight=False)
+    out.print("homog, expl var, silh: in one common space for every scheme (log of recency, frequency and "
+              "spend, standardised), so the * ranks them; homog units: in original units; own: in each "
+              "scheme's own space, describing it without ranking. RFM rows are the rule-based baselines.",
+              highlight=False)
     if summary["forward_days"]:
         out.print(f"fwd: what customers did in the {summary['forward_days']} days after the as-of date.")
     else:

@@ -280,7 +280,7 @@ def plot_comparison(table: pd.DataFrame) -> Figure:
         ax = fig.add_subplot(rows, cols, i + 1)
         values = table[score].to_numpy(dtype=float)
         bars = ax.barh(y, np.nan_to_num(values), color=colours, height=0.6)
-        for bar, best in zip(bars, table[f"best_{score}"]):
+        for bar, best in zip(bars, table.get(f"best_{score}", pd.Series(False, index=table.index))):
             if best:
                 bar.set_edgecolor("black")
                 bar.set_linewidth(1.5)

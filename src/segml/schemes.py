@@ -145,9 +145,14 @@ def forward_validity(segments: pd.Series, future: pd.DataFrame) -> tuple[pd.Data
     return table, metrics
 
 
-#: The comparison table's score columns, all higher-is-better, in order.
-SCORES = ["homogeneity", "homogeneity_original", "homogeneity_common", "explained_variance", "silhouette",
-          "stability_ari", "segment_share_min", "forward.r2_spend", "forward.auc_repurchase"]
+#: The comparison table's score columns, all higher-is-better, in order: first those measured alike for
+#: every scheme (original units, the common space, the customers' future), then those in each scheme's
+#: own space, which describe the scheme but do not rank schemes with other features or transforms.
+SCORES = ["homogeneity_common", "explained_variance_common", "silhouette_common", "homogeneity_original",
+          "stability_ari", "segment_share_min", "forward.r2_spend", "forward.auc_repurchase",
+          "homogeneity", "explained_variance", "silhouette"]
+#: The columns whose best value is marked: the ones comparable across schemes.
+COMPARABLE = SCORES[:8]
 
 
 def score_labels(features: pd.DataFrame, labels: np.ndarray, future: pd.DataFrame | None,
@@ -192,11 +197,12 @@ def baselines(features: pd.DataFrame, k: int, future: pd.DataFrame | None) -> di
 
 def comparison_table(rows: dict[str, dict[str, float]], kinds: dict[str, str]) -> pd.DataFrame:
     """One row per scheme (``kind``: ``scheme`` or ``baseline``) with its scores, and ``best_<score>``
-    marking the best scheme or baseline of each score column (ties all marked)."""
+    marking the best scheme or baseline of each comparable score column (:data:`COMPARABLE`; ties all
+    marked)."""
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "scheme"
     table.insert(0, "kind", pd.Series(kinds))
-    columns = [c for c in SCORES if c in table]
+    columns = [c for c in COMPARABLE if c in table]
     for column in columns:
         best = table[column].max()
         table[f"best_{column}"] = table[column].eq(best) & table[column].notna()
