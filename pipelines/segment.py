@@ -287,6 +287,7 @@ def report_data(config: SegmlConfig, purchases: Purchases, model: SegmentModel, 
         unit=frequency_unit(config), segments=identity.segments,
         base_medians={c: float(features[c].median()) for c in features.columns
                       if pd.api.types.is_numeric_dtype(features[c])},
+        beaten=report_pages.share_beaten(features, identity.segments),
         model_features=list(model.features), facts=facts, held_back=held_back, warnings=warnings,
         previous_as_of=(published.as_of or None) if published is not None else None, shifts=shifts,
         migration=migration.summary, matching=identity.matching)
@@ -325,7 +326,7 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
     if data.forward is not None:
         tables["forward_validity"] = data.forward
     descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, **USED_REASONS, "": "counted in the features"}
-    pages = [report_pages.overview_page(data), figures["segment_sizes"],
+    pages = [*report_pages.overview_pages(data), figures["segment_sizes"],
              *[report_pages.segment_page(data, row) for _, row in segments.iterrows()],
              report_pages.changes_page(data), *([figures["migration"]] if "migration" in figures else []),
              report_pages.appendix_divider(data.facts),
@@ -598,7 +599,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
                     f"change the gates in the configuration, look into the data, or publish it after review "
                     f"with `segml promote {config_path} {handle.run_id} --reason ...`.")
                 error.summary = run_summary(cfg, handle, version, purchases, model, scored, gates, migration,
-                                            identity, shifts, warnings, None, destination, segments)
+                                            identity, shifts, warnings, None, destination, segments, forward)
                 raise error
             # Every file is logged before the commit, so a crash after it can be finished from MLflow.
             progress.step("publishing")
@@ -617,7 +618,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     segments_artifact(cfg, data, links)
     tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(data, links)})
     summary = run_summary(cfg, handle, version, purchases, model, scored, gates, migration, identity, shifts,
-                          warnings, database, destination, segments)
+                          warnings, database, destination, segments, forward)
     logger.info("segmentation published to %s (MLflow run %s)", destination, handle.run_id)
     return summary
 
@@ -626,7 +627,7 @@ def run_summary(cfg: SegmlConfig, handle: tracking.RunHandle, version: int, purc
                 model: SegmentModel,
                 scored: Quality, gates: list, migration: Migration, identity: Identity, shifts: dict[str, float],
                 warnings: list[str], database: str | None, destination: Path,
-                segments: pd.DataFrame) -> dict[str, Any]:
+                segments: pd.DataFrame, forward: tuple[pd.DataFrame, dict[str, float]] | None = None) -> dict[str, Any]:
     """What the command line prints: counts, the segments with their change, what changed, gates."""
     r = purchases.report
     changes = {k.removeprefix("share_change."): v for k, v in shifts.items() if k.startswith("share_change.")}
@@ -654,6 +655,7 @@ def run_summary(cfg: SegmlConfig, handle: tracking.RunHandle, version: int, purc
         "gate_results": [g.describe() + (" passed" if g.passed else " FAILED") for g in gates],
         "migration": migration.summary,
         "psi": {f: shifts[f"psi.{f}"] for f in model.features if f"psi.{f}" in shifts},
+        "forward": ({"days": cfg.quality.forward_horizon_days, **forward[1]} if forward else None),
         "renamed": renames(identity),
         "retired": identity.matching.loc[identity.matching["outcome"] == "retired",
                                          ["segment_id", "previous_segment_name"]].to_dict(orient="records"),

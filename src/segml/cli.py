@@ -115,6 +115,12 @@ def _print_summary(summary: dict, held_back: str | None = None, ui: bool = True)
     if summary.get("psi"):
         out.print("Drift of the model's features (PSI; above 0.25 is a shift): " + ", ".join(
             f"{f} {v:.2f}" for f, v in summary["psi"].items()), highlight=False)
+    if summary.get("forward"):
+        f = summary["forward"]
+        out.print(f"What customers did in the {f['days']} days after the as-of date: "
+                  f"{f['forward.repurchase_rate']:.0%} bought again; ranking them by their segment's repurchase "
+                  f"rate separates who did (AUC {f['forward.auc_repurchase']:.2f}; 0.5 is chance), and the "
+                  f"segments explain {f['forward.r2_spend']:.0%} of the variance of their spend.", highlight=False)
     if summary.get("gate_results"):
         out.print("Quality gates: " + "; ".join(summary["gate_results"]), highlight=False)
     out.print(f"Lines: {summary['rows_read']:,} read, {summary['rows_used']:,} used, "
@@ -152,6 +158,14 @@ class _OnlyOurs(logging.Filter):
         return not (record.name.startswith("prefect") or f"{os.sep}prefect{os.sep}" in record.pathname)
 
 
+class _Plain(logging.Formatter):
+    """Quiet mode: a warning reads ``warning: ...``, as the command's own warnings do, without a time
+    stamp or a logger name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 class _Progress(logging.Handler):
     """Shows the step a flow announced (``segml.progress``) beside a spinner on the terminal."""
 
@@ -176,6 +190,7 @@ def _prepare(config: Path, debug: bool, verbose: bool = False) -> None:
             handler.addFilter(_NoTracebackForKnownErrors())
             if not verbose:
                 handler.addFilter(_OnlyOurs())
+                handler.setFormatter(_Plain())
     if not (verbose or debug):
         # MLflow's store and model progress lines; MLflow sets its level from this when it is imported.
         os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"

@@ -54,6 +54,8 @@ class ReportData:
     segments: pd.DataFrame
     #: The whole base's median of every feature.
     base_medians: dict[str, float]
+    #: :func:`share_beaten` of every segment.
+    beaten: dict[str, dict[str, float]]
     model_features: list[str]
     #: Facts about the run (lines read, k chosen...), one sentence each.
     facts: list[str] = field(default_factory=list)
@@ -88,7 +90,8 @@ def change_text(delta: float | None) -> str:
     return f"{'▲' if points > 0 else '▼'} {points:+.1f} pts"
 
 
-_FRACTIONS = [(0.1, "about a tenth as much as"), (0.25, "about a quarter as much as"),
+_FRACTIONS = [(0.1, "about a tenth as much as"), (1 / 6, "about a sixth as much as"),
+              (0.25, "about a quarter as much as"),
               (1 / 3, "about a third as much as"), (0.5, "about half as much as"),
               (2 / 3, "about two thirds as much as"), (0.75, "about three quarters as much as"),
               (0.9, "almost as much as")]
@@ -114,13 +117,31 @@ def drift_text(psi: float) -> str:
     return "moderate shift" if psi <= 0.25 else "large shift: look into the data"
 
 
-_WHERE = {  # how the naming score of a segment's median customer reads
-    "recency": "bought more recently than {:.0%} of customers",
-    "frequency": "buys more often than {:.0%} of customers",
-    "monetary": "spends more than {:.0%} of customers",
-    "tenure": "has been a customer longer than {:.0%} of customers",
+#: How a segment's typical customer compares with all customers, per feature: the sentence, what it says
+#: when no customer is beaten, and whether a lower value is the better one (fewer days since a purchase).
+_WHERE = {
+    "recency_days": ("bought more recently than {:.0%} of customers", "no customer bought longer ago", True),
+    "frequency": ("buys more often than {:.0%} of customers", "no customer buys less often", False),
+    "monetary": ("spends more than {:.0%} of customers", "no customer spends less", False),
+    "tenure_days": ("has been a customer longer than {:.0%} of customers", "no customer is newer", False),
 }
-_SCORE_OF = {"recency_days": "recency", "frequency": "frequency", "monetary": "monetary", "tenure_days": "tenure"}
+
+
+def share_beaten(features: pd.DataFrame, segments: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per segment id and feature of :data:`_WHERE`: the share of all customers whose value the segment's
+    median customer strictly beats (ties are not beaten: with most customers at 1 order, a segment
+    whose median is 1 order beats nobody)."""
+    out: dict[str, dict[str, float]] = {}
+    for row in segments.itertuples():
+        out[row.segment_id] = {}
+        for feature, (_, _, lower_is_better) in _WHERE.items():
+            median = getattr(row, f"median_{feature}", None)
+            if feature not in features or median is None or not np.isfinite(median):
+                continue
+            values = features[feature].to_numpy(dtype=float)
+            out[row.segment_id][feature] = float((values > median).mean() if lower_is_better
+                                                 else (values < median).mean())
+    return out
 
 
 def _money(value: float, currency: str) -> str:
@@ -240,8 +261,7 @@ def draw_table(fig: Figure, x: float, y: float, columns: list[tuple[str, float]]
         left = x
         height = 1
         for (_, width), cell in zip(columns, cells):
-            chars = max(4, int(width * PAGE[0] * 72 / (size * 0.55)))
-            wrapped = textwrap.wrap(str(cell), chars) or [""]
+            wrapped = _wrap_cell(cell, width, size)
             height = max(height, len(wrapped))
             for i, line in enumerate(wrapped):
                 fig.text(left + 0.004, top - pad - i * step, line, fontsize=size, va="top", weight=weight,
@@ -257,6 +277,23 @@ def draw_table(fig: Figure, x: float, y: float, columns: list[tuple[str, float]]
     return y
 
 
+def _wrap_cell(cell: object, width: float, size: float) -> list[str]:
+    return textwrap.wrap(str(cell), max(4, int(width * PAGE[0] * 72 / (size * 0.62)))) or [""]
+
+
+def table_height(columns: list[tuple[str, float]], rows: list[list[str]], size: float = 9) -> float:
+    """The height :func:`draw_table` takes for ``rows`` (without the header), as a fraction of the page."""
+    step = size * 1.4 / 72 / PAGE[1]
+    return sum(max(len(_wrap_cell(c, w, size)) for (_, w), c in zip(columns, cells)) * step + 0.8 * step
+               for cells in rows)
+
+
+def paragraph_height(text: str, width: float, size: float = 10) -> float:
+    """The height :func:`paragraph` takes for ``text``."""
+    chars = max(20, int(width * PAGE[0] * 72 / (size * 0.52)))
+    return len(textwrap.wrap(text, chars) or [""]) * size * 1.45 / 72 / PAGE[1]
+
+
 def _rule(x0: float, x1: float, y: float):
     """A thin horizontal line in page coordinates (the figure sets its transform when it is added)."""
     from matplotlib.lines import Line2D
@@ -264,12 +301,13 @@ def _rule(x0: float, x1: float, y: float):
     return Line2D([x0, x1], [y, y], color=_RULE, linewidth=0.6)
 
 
-def overview_page(data: ReportData) -> Figure:
-    """The segments at a glance: size, revenue, change, what they are and what to do."""
+def overview_pages(data: ReportData) -> list[Figure]:
+    """The segments at a glance: size, revenue, change, what they are and what to do; continued on
+    further pages when the segments do not fit on one, the notes after the last row."""
     s = data.segments
     state = f"Not published: {data.held_back}" if data.held_back else "Published to the CRM"
-    fig = new_page(f"Customer segments: {data.name}",
-                   f"As of {data.as_of} · {int(s['size'].sum()):,} customers in {len(s)} segments · {state}")
+    title = f"Customer segments: {data.name}"
+    subtitle = f"As of {data.as_of} · {int(s['size'].sum()):,} customers in {len(s)} segments · {state}"
     first = data.previous_as_of is None
     columns = [("segment", 0.15), ("customers", 0.075), ("share", 0.055)] + (
         [] if first else [("change", 0.075)]) + [("revenue", 0.06), ("what they are", 0.25),
@@ -282,7 +320,6 @@ def overview_page(data: ReportData) -> Figure:
                                      else data.shifts.get(f"share_change.{r.segment_id}")))
         cells += [f"{r.revenue_share:.0%}", str(r.description), str(getattr(r, "action", "") or "")]
         rows.append(cells)
-    y = draw_table(fig, 0.04, 0.86, columns, rows, size=9)
     notes = ([f"Change: the segment's share of customers now against the published run as of "
               f"{data.previous_as_of}, in percentage points."] if not first else
              ["This is the first published segmentation: changes show from the next run on."])
@@ -290,9 +327,28 @@ def overview_page(data: ReportData) -> Figure:
     notes += [f"Warning: {w}" for w in data.warnings]
     notes += ["", *data.facts[:1], "Each segment has a page of its own; the appendix explains how the segments "
               "were made and how good they are."]
+    size, top, bottom = (9 if len(rows) <= 6 else 8), 0.86, 0.07
+    pages = [new_page(title, subtitle)]
+    y = top
+    while rows:
+        fits = 0
+        while fits < len(rows) and y - table_height(columns, rows[:fits + 1], size) - 0.03 >= bottom:
+            fits += 1
+        if fits == 0 and y < top:  # not even one more row: the next page
+            pages.append(new_page(title + " (continued)", subtitle))
+            y = top
+            continue
+        y = draw_table(pages[-1], 0.04, y, columns, rows[:max(fits, 1)], size=size)
+        rows = rows[max(fits, 1):]
+        if rows:
+            pages.append(new_page(title + " (continued)", subtitle))
+            y = top
+    if y - sum(paragraph_height(n, 0.92, 8.5) + 0.015 for n in notes) < bottom:
+        pages.append(new_page(title + " (notes)", subtitle))
+        y = top
     for note in notes:
-        y = paragraph(fig, 0.04, y - 0.015, note, 0.92, size=8.5, color=_MUTED)
-    return fig
+        y = paragraph(pages[-1], 0.04, y - 0.015, note, 0.92, size=8.5, color=_MUTED)
+    return pages
 
 
 def segment_page(data: ReportData, segment: pd.Series) -> Figure:
@@ -311,16 +367,16 @@ def segment_page(data: ReportData, segment: pd.Series) -> Figure:
     for feature, label, fmt in _measures(data.unit, data.currency):
         if f"median_{feature}" not in segment:
             continue
-        score = _SCORE_OF.get(feature)
-        if score and score in segment and np.isfinite(segment[score]):
-            words = _WHERE[score].format(segment[score])
+        beaten = data.beaten.get(segment["segment_id"], {}).get(feature)
+        if beaten is not None:
+            sentence, nobody, _ = _WHERE[feature]
+            words = "the typical customer here " + (sentence.format(beaten) if beaten >= 0.005 else
+                                                    f"is at the bottom: {nobody}")
         else:
             base = data.base_medians.get(feature, np.nan)
             words = (f"{segment[f'median_{feature}'] / base:.1f} \u00d7 the median of all customers"
                      if base and np.isfinite(base) else "")
         marker = " \u2022" if feature in data.model_features else ""
-        if score:
-            words = "the typical customer here " + words
         rows.append([label + marker, fmt(segment[f"median_{feature}"]), fmt(data.base_medians.get(feature, np.nan)),
                      words])
         colours.append(None)
@@ -371,8 +427,10 @@ def _position_chart(fig: Figure, segment: pd.Series) -> None:
     ax.barh(y, values, color="#4c72b0", height=0.55)
     ax.axvline(50, color=_MUTED, linestyle="--", linewidth=0.8)
     for yi, v in zip(y, values):
-        if np.isfinite(v):
-            ax.text(min(v + 2, 88), yi, f"{v:.0f}", va="center", fontsize=9)
+        if np.isfinite(v):  # beside the bar, or inside its end when it reaches the edge
+            inside = v > 85
+            ax.text(v - 2 if inside else v + 2, yi, f"{v:.0f}", va="center", fontsize=9,
+                    ha="right" if inside else "left", color="white" if inside else _INK)
     ax.set_yticks(y, labels, fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
