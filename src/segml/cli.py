@@ -738,7 +738,8 @@ def _demo_campaign(config_path: Path, summary: dict) -> None:
     for r in report["table"].itertuples():
         name = f" {r.segment_name}" if isinstance(r.segment_name, str) else ""
         out.print(f"  {r.segment_id}{name}: uplift {100 * r.uplift:+.1f} points (95% interval {100 * r.uplift_low:+.1f} "
-                  f"to {100 * r.uplift_high:+.1f}), incremental revenue {r.incremental_revenue:,.0f}", highlight=False)
+                  f"to {100 * r.uplift_high:+.1f}), incremental revenue {cfg.naming.currency}"
+                  f"{r.incremental_revenue:,.0f}", highlight=False)
     out.print(f"Campaign report in {report['output_dir']} (MLflow experiment {report['experiment']!r})")
 
 
