@@ -173,8 +173,7 @@ def markdown_summary(data: ReportData, links: dict[str, str] | None = None, stat
     for r in s.itertuples():
         cells = [r.segment_id, r.segment_name, f"{int(r.size):,}", f"{r.share:.1%}"]
         if not first:
-            cells.append(change_text(data.shifts.get(f"share_change.{r.segment_id}")
-                                     if not _is_new(data, r.segment_id) else None))
+            cells.append(change_text(_change_of(data, r.segment_id)))
         cells += [f"{r.revenue_share:.1%}", f"{r.homogeneity:.2f}", str(r.description).replace("|", "/"),
                   str(getattr(r, "action", "") or "").replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -185,6 +184,11 @@ def markdown_summary(data: ReportData, links: dict[str, str] | None = None, stat
     if links:
         lines += ["", " · ".join(f"[{label}]({url})" for label, url in links.items())]
     return "\n".join(lines).strip() + "\n"
+
+
+def _change_of(data: ReportData, segment_id: str) -> float | None:
+    """The segment's share change since the published run; None for a segment new in this run."""
+    return None if _is_new(data, segment_id) else data.shifts.get(f"share_change.{segment_id}")
 
 
 def _is_new(data: ReportData, segment_id: str) -> bool:
@@ -316,8 +320,7 @@ def overview_pages(data: ReportData) -> list[Figure]:
     for r in s.itertuples():
         cells = [f"{r.segment_id} {r.segment_name}", f"{int(r.size):,}", f"{r.share:.0%}"]
         if not first:
-            cells.append(change_text(None if _is_new(data, r.segment_id)
-                                     else data.shifts.get(f"share_change.{r.segment_id}")))
+            cells.append(change_text(_change_of(data, r.segment_id)))
         cells += [f"{r.revenue_share:.0%}", str(r.description), str(getattr(r, "action", "") or "")]
         rows.append(cells)
     notes = ([f"Change: the segment's share of customers now against the published run as of "
@@ -454,15 +457,14 @@ def changes_page(data: ReportData) -> Figure:
     rows = []
     matching = data.matching if data.matching is not None else pd.DataFrame()
     for r in data.segments.itertuples():
-        delta = data.shifts.get(f"share_change.{r.segment_id}")
-        new = _is_new(data, r.segment_id)
-        before = "" if new or delta is None else f"{r.share - delta:.1%}"
+        delta = _change_of(data, r.segment_id)
+        before = "" if delta is None else f"{r.share - delta:.1%}"
         found = matching[matching["segment_id"] == r.segment_id] if len(matching) else matching
         status = found["outcome"].iloc[0] if len(found) else ""
         if status == "renamed":
             status = f"renamed, was \u201c{found['previous_segment_name'].iloc[0]}\u201d"
         rows.append([f"{r.segment_id} {r.segment_name}", before, f"{r.share:.1%}",
-                     change_text(None if new else delta), status])
+                     change_text(delta), status])
     if len(matching) and "outcome" in matching:
         for r in matching[matching["outcome"] == "retired"].itertuples():
             rows.append([f"{r.segment_id} {r.previous_segment_name}", "", "", "retired", "retired"])

@@ -95,15 +95,20 @@ def common_space(features: pd.DataFrame) -> np.ndarray:
     return (logged - logged.mean(axis=0)) / std
 
 
+def _homogeneity(ratios: pd.DataFrame, column: str, sizes: np.ndarray) -> float:
+    """Size-weighted mean over segments of ``1 - mean ratio``, from a :func:`segml.quality.score_homogeneity`
+    table."""
+    per_segment = 1.0 - ratios.groupby("segment")[column].mean().reindex(range(len(sizes))).to_numpy()
+    return float(np.nansum(sizes * per_segment))
+
+
 def homogeneity_of(Z: np.ndarray, labels: np.ndarray) -> float:
     """Size-weighted mean over segments of ``1 - mean over columns of std within / std overall``."""
-    population = Z.std(axis=0)
-    population[population == 0] = 1.0
-    total = 0.0
-    for s in np.unique(labels):
-        members = Z[labels == s]
-        total += len(members) * (1.0 - float(np.mean(members.std(axis=0) / population)))
-    return total / len(labels)
+    from segml import quality
+
+    k = int(labels.max()) + 1
+    ratios = quality.score_homogeneity(pd.DataFrame(Z), Z, labels, k)
+    return _homogeneity(ratios, "ratio_model", np.bincount(labels, minlength=k) / len(labels))
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -167,12 +172,11 @@ def score_labels(features: pd.DataFrame, labels: np.ndarray, future: pd.DataFram
     X = features[RFM]
     ratios = quality.score_homogeneity(X, Z, labels, k)
     sizes = np.bincount(labels, minlength=k) / len(labels)
-    original = 1.0 - ratios.groupby("segment")["ratio"].mean().reindex(range(k)).to_numpy()
     silhouettes = quality.segment_silhouettes(Z, labels, k, sample, random_state)
     scores = {
         "k": float(len(np.unique(labels))),
-        "homogeneity_original": float(np.nansum(sizes * original)),
-        "homogeneity_common": homogeneity_of(Z, labels),
+        "homogeneity_original": _homogeneity(ratios, "ratio", sizes),
+        "homogeneity_common": _homogeneity(ratios, "ratio_model", sizes),  # Z is the common space
         "explained_variance_common": quality.explained_variance(Z, labels),
         "silhouette_common": float(np.nansum(sizes * np.nan_to_num(silhouettes))),
         "segment_share_min": float(sizes[sizes > 0].min()),

@@ -243,10 +243,10 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
         return experiment.experiment_id
 
 
-def start_child(parent: RunHandle, name: str) -> RunHandle:
+def start_child(parent: RunHandle, name: str, tags: dict[str, str] | None = None) -> RunHandle:
     """A child run of ``parent`` in its experiment (shown nested under it in the MLflow UI)."""
-    run = _client(parent.uri).create_run(parent.experiment_id, run_name=name,
-                                         tags={"mlflow.parentRunId": parent.run_id, "segml.version": segml.__version__})
+    run = _client(parent.uri).create_run(parent.experiment_id, run_name=name, tags={
+        "mlflow.parentRunId": parent.run_id, "segml.version": segml.__version__, **(tags or {})})
     return RunHandle(uri=parent.uri, experiment_id=parent.experiment_id, run_id=run.info.run_id)
 
 
@@ -288,17 +288,15 @@ def log_candidates(handle: RunHandle, candidates: pd.DataFrame, algorithm: str) 
         client.log_batch(handle.run_id, metrics=batch)
     child_ids = []
     for row in candidates.itertuples():
-        child = client.create_run(handle.experiment_id, run_name=f"k={row.k}" + (" (chosen)" if row.chosen else ""),
-                                  tags={"mlflow.parentRunId": handle.run_id, "segml.candidate": "true"})
+        child = start_child(handle, f"k={row.k}" + (" (chosen)" if row.chosen else ""), {"segml.candidate": "true"})
         metrics = {m: getattr(row, m) for m in ("silhouette", "calinski_harabasz", "davies_bouldin", "bic",
                                                 "inertia", "min_share")}
         metrics["eligible"] = float(row.eligible)
         metrics["chosen"] = float(row.chosen)
-        log_params_and_metrics(RunHandle(handle.uri, handle.experiment_id, child.info.run_id),
-                               {"k": str(row.k), "algorithm": algorithm, "fitted_on": str(row.fitted_on)},
+        log_params_and_metrics(child, {"k": str(row.k), "algorithm": algorithm, "fitted_on": str(row.fitted_on)},
                                metrics)
-        client.set_terminated(child.info.run_id, "FINISHED")
-        child_ids.append(child.info.run_id)
+        client.set_terminated(child.run_id, "FINISHED")
+        child_ids.append(child.run_id)
     return child_ids
 
 
