@@ -291,23 +291,37 @@ def column_types(spark: SparkSession) -> dict[str, str]:
 # --- the data contract and the features ------------------------------------------------------------
 
 
-def hash_pass(spark: SparkSession, columns: list[str]) -> tuple[int, int, list[int]]:
-    """The lines read, the sum of their hashes (for the fingerprint) and the hashes that occur
-    more than once, from one pass that groups the lines by the 64-bit hash of their ``columns``.
+def _hash_summary(batches: Iterator) -> Iterator:
+    """One partition's line hashes (Arrow batches of one 64-bit column, equal hashes all in this
+    partition): their count, their sum modulo 2 ** 64 and the hashes that occur more than once,
+    found by sorting them (numpy), as one Arrow batch."""
+    import pyarrow as pa
 
-    Only the lines with a repeated hash can be duplicates; they are usually few, so the list comes
-    to the driver and the contract compares just those lines.
+    chunks = [batch.column(0).to_numpy() for batch in batches]
+    hashes = np.sort(np.concatenate(chunks)) if chunks else np.empty(0, dtype=np.int64)
+    repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    total = int(hashes.view(np.uint64).sum(dtype=np.uint64))
+    yield pa.RecordBatch.from_arrays(
+        [pa.array([len(hashes)], pa.int64()), pa.array([total - (total >> 63 << 64)], pa.int64()),
+         pa.array([repeated], pa.list_(pa.int64()))], names=["n", "hash_sum", "repeated"])
+
+
+def hash_pass(spark: SparkSession, columns: list[str]) -> tuple[int, int, list[int]]:
+    """The lines read, the sum of their hashes (for the fingerprint, modulo 2 ** 64) and the hashes
+    that occur more than once, from one pass over the 64-bit hashes of the lines' ``columns``.
+
+    The hashes are shuffled by their value, so equal hashes meet in one partition, and each
+    partition's hashes are sorted on the executor (:func:`_hash_summary`), as the DuckDB engine
+    sorts a file's. Grouping them instead (``GROUP BY`` the hash) cost twice as much: a hash
+    table of as many groups as lines, which map-side partial aggregation cannot shrink. Only
+    the lines with a repeated hash can be duplicates; they are usually few, so the list comes to
+    the driver and the contract compares just those lines.
     """
     hashed = ", ".join(backquote(c) for c in columns)
-    # The hashes summed in three 64-bit integer sums of 22, 21 and 21 bits each (exact up to 2 ** 41
-    # lines): a decimal sum would take Java's BigDecimal once per line.
-    n, high, middle, low, repeated = spark.sql(f"""
-        SELECT sum(n), sum(shiftright(__hash, 42) * n), sum((shiftright(__hash, 21) & 2097151) * n),
-               sum((__hash & 2097151) * n), collect_list(CASE WHEN n > 1 THEN __hash END)
-        FROM (SELECT __hash, count(*) AS n FROM (SELECT xxhash64({hashed}) AS __hash FROM {RAW}) GROUP BY __hash)
-    """).first()
-    total = ((high or 0) << 42) + ((middle or 0) << 21) + (low or 0)
-    return int(n or 0), total, list(repeated)
+    lines = spark.sql(f"SELECT xxhash64({hashed}) AS __hash FROM {RAW} DISTRIBUTE BY __hash")
+    parts = lines.mapInArrow(_hash_summary, "n long, hash_sum long, repeated array<long>").collect()
+    repeated = sorted(h for part in parts for h in part["repeated"])
+    return sum(part["n"] for part in parts), sum(part["hash_sum"] for part in parts) % 2**64, repeated
 
 
 def rejected_sql(columns: list[str], malformed: bool) -> str:
