@@ -9,6 +9,7 @@ marks the MLflow run failed, and nothing is published.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 import segml
 from pipelines import publication
-from segml import progress
+from segml import drawing, prefect_server, progress
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
@@ -463,7 +464,8 @@ def run_tags(config: SegmlConfig, config_path: Path) -> dict[str, str]:
     if flow_run.id:
         tags["segml.prefect.flow_run_id"] = str(flow_run.id)
         url = flow_run.ui_url
-        if url and url.startswith("http"):
+        # A temporary server's pages are gone once the command ends: no link to them.
+        if url and url.startswith("http") and not os.environ.get(prefect_server.TEMPORARY):
             tags["segml.prefect.flow_run_url"] = url
     return tags
 
@@ -517,6 +519,7 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     Returns a summary: MLflow run id, counts, k, homogeneity and output paths.
     """
     logger = get_run_logger()
+    drawing.start()  # the drawing worker imports matplotlib while the purchases are read and fitted
     config_path = Path(config)
     cfg = load_config(config_path)
     as_of = resolve_as_of(as_of, cfg)

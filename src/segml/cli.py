@@ -177,11 +177,19 @@ class _Progress(logging.Handler):
         self.status.update(f"{record.getMessage()}...")
 
 
-def _prepare(config: Path, debug: bool, verbose: bool = False) -> None:
-    """Check the configuration, then set up logging for the command line: quiet unless ``verbose``
-    (or ``debug``), when every line of Prefect and MLflow shows."""
+def _prepare(config: Path, debug: bool, verbose: bool = False, draws: bool = True) -> None:
+    """Check the configuration, start what the command will wait for (Prefect's temporary server;
+    the drawing worker for a command that ``draws``), then set up logging for the command line: quiet
+    unless ``verbose`` (or ``debug``), when every line of Prefect and MLflow shows."""
+    from segml import drawing, prefect_server
+
     _quiet_defaults()
     load_config(config)  # fail fast, before starting Prefect, on a bad configuration
+    # Started first, so both start up on the other core while this process imports Prefect, MLflow
+    # and scikit-learn: Prefect's temporary server (when none is configured) and the drawing worker.
+    prefect_server.start()
+    if draws:
+        drawing.start()
     from prefect.logging.configuration import setup_logging
 
     if not debug:
@@ -195,41 +203,14 @@ def _prepare(config: Path, debug: bool, verbose: bool = False) -> None:
         # MLflow's store and model progress lines; MLflow sets its level from this when it is imported.
         os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-    _start_prefect_server()
-
-
-_server_thread = None
-
-
-def _start_prefect_server() -> None:
-    """Without a Prefect server configured, start Prefect's temporary server now, in the background,
-    so that it boots (10 to 30 s on a small machine) while the flow's modules are imported rather than
-    after; :func:`_server_ready` waits for it before a flow starts. Prefect's own start-up, when the
-    flow needs the server, then finds it running."""
-    global _server_thread
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value() or _server_thread is not None:
-        return
-
-    def start() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        try:
-            SubprocessASGIServer().start()
-        except Exception:  # noqa: BLE001 - the flow starts the server itself and reports what fails
-            SubprocessASGIServer().running = False
-
-    import threading
-
-    _server_thread = threading.Thread(target=start, name="prefect-server", daemon=True)
-    _server_thread.start()
+    prefect_server.adopt()
 
 
 def _server_ready() -> None:
-    """Wait for the temporary server started by :func:`_start_prefect_server`, if any."""
-    if _server_thread is not None:
-        _server_thread.join()
+    """Wait for the temporary Prefect server :func:`_prepare` started, if any."""
+    from segml import prefect_server
+
+    prefect_server.ready()
 
 
 @contextmanager
@@ -254,10 +235,10 @@ ForceOpt = Annotated[bool, typer.Option(
 
 
 def _run_pipeline(module: str, name: str, config: Path, as_of: dt.date | None, debug: bool,
-                  force: bool = False, verbose: bool = False) -> dict:
+                  force: bool = False, verbose: bool = False, draws: bool = True) -> dict:
     import importlib
 
-    _prepare(config, debug, verbose)
+    _prepare(config, debug, verbose, draws)
     with _working(verbose or debug):
         pipeline = getattr(importlib.import_module(module), name)  # while the Prefect server starts
         _server_ready()
@@ -342,7 +323,7 @@ def compare(
         from pipelines.compare import read_schemes
 
         read_schemes(schemes)  # a bad schemes file fails before any flow starts
-        _prepare(config, debug, verbose)
+        _prepare(config, debug, verbose, draws=False)
         from pipelines.compare import compare_schemes
 
         _server_ready()
@@ -372,7 +353,7 @@ def score(config: ConfigArg, as_of: AsOfOpt = None, force: ForceOpt = False, ver
     """Assign every current customer to the champion's segments, without refitting, and publish them."""
     try:
         summary = _run_pipeline("pipelines.score", "score_customers", config, as_of.date() if as_of else None,
-                                debug, force, verbose)
+                                debug, force, verbose, draws=False)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, debug)
     table = Table(title=f"{summary['customers']:,} customers scored as of {summary['as_of']} "

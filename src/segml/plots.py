@@ -105,6 +105,12 @@ def box_stats(values: np.ndarray) -> dict[str, float]:
             "whishi": np.max(values, where=values <= q3 + reach, initial=-np.inf)}
 
 
+def _plain_tick(value: float, _position: int | None = None) -> str:
+    """A tick label in plain digits with thousands separators (a module-level function, so that a
+    figure pickles: :mod:`segml.drawing` hands figures to another process)."""
+    return f"{value:,.10g}"
+
+
 def _plain_log_axis(ax, stats: list[dict[str, float]]) -> None:
     """A log x axis labelled in plain numbers: 1, 2, 5, 10, 20..., with 3, 30... added within a decade
     and only 1, 10, 100... over many decades.
@@ -118,7 +124,7 @@ def _plain_log_axis(ax, stats: list[dict[str, float]]) -> None:
     decades = np.log10(max(highs) / min(lows)) if lows and highs else 0.0
     subs = (1.0, 2.0, 3.0, 5.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 4 else (1.0,)
     ax.xaxis.set_major_locator(LogLocator(subs=subs))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.10g}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain_tick))
     ax.xaxis.set_minor_locator(NullLocator())
 
 

@@ -1,0 +1,156 @@
+"""Prefect's temporary server, started by segml the moment a command begins.
+
+Without a Prefect server configured, Prefect starts a temporary one (SQLite
+in ``$PREFECT_HOME``) when a flow first needs it, and waits for it: 3 to 6 s
+on a small machine, more on a first run. segml's command line starts that
+same server itself, as the first thing it does and before Prefect is even
+imported, so that it boots on another core while the command imports its
+modules, instead of after them. Importing Prefect's server package in the
+command's own process to start it (what Prefect does) would cost that
+process 2 s more; the command only needs the server's address.
+
+:func:`start` launches the server's process (``uvicorn`` over Prefect's own
+application factory, with the settings Prefect gives its temporary server: no
+UI, ephemeral); :func:`adopt` then tells the Prefect just imported to talk to
+it, unless Prefect's settings name a server of their own, in which case the
+temporary one is stopped unused; :func:`ready` waits for it to answer before
+the first flow starts. The process is stopped when the command exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+#: Set in the environment of a command whose Prefect server is the temporary one: its pages are gone
+#: when the command ends, so no link to them is recorded.
+TEMPORARY = "SEGML_PREFECT_TEMPORARY_SERVER"
+
+_process: subprocess.Popen | None = None
+_port: int | None = None
+_settings: contextlib.ExitStack | None = None
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(port: int) -> subprocess.Popen:
+    import importlib.util
+
+    spec = importlib.util.find_spec("prefect")  # where Prefect lives, without importing it
+    app_dir = os.path.dirname(os.path.dirname(spec.origin)) if spec and spec.origin else None
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    if app_dir:
+        command[3:3] = ["--app-dir", app_dir]
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+
+
+def wanted() -> bool:
+    """Whether a command should start the temporary server: no server named in the environment and
+    Prefect's ephemeral mode not turned off there. (Prefect's profile and settings files are read
+    once Prefect is imported: :func:`use` checks them.)"""
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    allowed = os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").strip().lower()
+    return allowed not in ("0", "false", "no", "off")
+
+
+def start() -> None:
+    """Start the temporary server in the background (see the module's notes); nothing if one runs."""
+    global _process, _port
+    if _process is not None or not wanted():
+        return
+    _port = _free_port()
+    _process = _spawn(_port)
+    atexit.register(stop)
+
+
+def url() -> str | None:
+    """The temporary server's API address, once :func:`start` started one."""
+    return f"http://127.0.0.1:{_port}/api" if _process is not None else None
+
+
+def stop() -> None:
+    """Stop the temporary server (at exit, or when Prefect's settings name another server)."""
+    global _process, _port, _settings
+    process, _process, _port = _process, None, None
+    os.environ.pop(TEMPORARY, None)
+    if _settings is not None:
+        settings, _settings = _settings, None
+        with contextlib.suppress(Exception):  # at exit, Prefect may have torn its contexts down already
+            settings.close()
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait(timeout: float) -> None:
+    """Wait until the temporary server answers; on a port taken meanwhile, start it on another.
+    Raises a :class:`RuntimeError` saying why when it does not come up within ``timeout`` seconds."""
+    global _process, _port
+    if _process is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = _process.poll()
+        if code == 3:  # uvicorn's exit when the port was taken between choosing and binding it
+            _port = _free_port()
+            _process = _spawn(_port)
+            continue
+        if code is not None:
+            raise RuntimeError(f"Prefect's temporary server exited with code {code}; start one with "
+                               f"`prefect server start` and set PREFECT_API_URL, or run with --verbose to see why")
+        try:
+            with urllib.request.urlopen(f"{url()}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    stop()
+    raise RuntimeError(f"Prefect's temporary server did not answer within {timeout:.0f} s; raise "
+                       f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or start one with `prefect server start`")
+
+
+def adopt() -> None:
+    """Make the temporary server :func:`start` started this process's Prefect server, for the rest of
+    the command (as Prefect's test harness does, through ``temporary_settings``), unless Prefect's own
+    settings (a profile, ``prefect.toml``) name a server: that one is used and the temporary server is
+    stopped. Call once Prefect is imported; :func:`wait` before the first flow."""
+    global _settings
+    if _process is None or _settings is not None:
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        stop()
+        return
+    _settings = contextlib.ExitStack()
+    _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url()}))
+    os.environ[TEMPORARY] = "1"
+
+
+def ready() -> None:
+    """Wait for the adopted temporary server (:func:`adopt`), within Prefect's start-up timeout."""
+    if _settings is None:
+        return
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    wait(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
