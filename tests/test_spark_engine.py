@@ -263,6 +263,60 @@ def test_every_read_of_the_order_summary_comes_from_the_cache(spark, sample_file
         spark_engine.uncache(spark)
 
 
+def test_the_hash_pass_shuffles_the_hashes_once_and_finds_repeats_across_partitions(spark, capsys):
+    from segml import spark_engine
+
+    rng = np.random.default_rng(7)
+    lines = pd.DataFrame({"customer": rng.integers(0, 500, 3000).astype(str),
+                          "amount": rng.integers(1, 10**6, 3000).astype(str)})
+    # Repeats far apart (the first and last lines of the frame), one line three times.
+    lines = pd.concat([lines, lines.iloc[[0, 1, 1, 2500]]], ignore_index=True)
+    source = spark.createDataFrame(lines)  # in slices of the frame: the first and last lines apart
+    assert source.rdd.getNumPartitions() > 1
+    source.createOrReplaceTempView("raw_purchases")
+    columns = list(lines.columns)
+    summaries = spark_engine.hash_summaries(spark, columns)
+    summaries.explain()
+    plan = capsys.readouterr().out
+    assert plan.count("Exchange") == 1 and "Aggregate" not in plan, plan
+    rows, hash_sum, repeated = spark_engine.hash_pass(spark, columns)
+    # Against Spark's own grouping and an exact decimal sum of the same hashes.
+    truth = spark.sql("SELECT xxhash64(customer, amount) AS h, count(*) AS n FROM raw_purchases GROUP BY 1").toPandas()
+    exact = spark.sql("SELECT sum(CAST(xxhash64(customer, amount) AS DECIMAL(38, 0))) FROM raw_purchases").first()[0]
+    assert rows == len(lines) == 3004
+    assert hash_sum == int(exact) % 2**64
+    assert repeated == sorted(truth.loc[truth["n"] > 1, "h"].tolist()) and len(repeated) == 3
+
+
+def test_spark_is_sized_before_reading_and_keeps_what_the_configuration_sets(spark, tmp_path, monkeypatch):
+    from segml import spark_engine
+    from segml.config import DataConfig, SparkConfig
+    from segml.spark_engine import INPUT_BYTES_PER_PARTITION, SparkEngine, size_partitions
+
+    data = DataConfig(path=str(tmp_path / "purchases.csv"), columns={
+        "customer_id": "c", "timestamp": "t", "amount": "a"})
+    before = {key: spark.conf.get(key) for key in ("spark.sql.shuffle.partitions", "spark.sql.files.maxPartitionBytes")}
+    try:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+        size_partitions(spark, SparkConfig(), data)
+        # Input files in splits of 16 MB: the map-side aggregation of 128 MB splits spilled in local mode.
+        assert int(spark.conf.get("spark.sql.files.maxPartitionBytes")) == INPUT_BYTES_PER_PARTITION
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+        size_partitions(spark, SparkConfig(partitions=3, conf={"spark.sql.files.maxPartitionBytes": "1m"}), data)
+        assert int(spark.conf.get("spark.sql.files.maxPartitionBytes")) == INPUT_BYTES_PER_PARTITION
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+        # The engine sizes the splits before it reads: a CSV's line numbers follow them.
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+        seen = []
+        monkeypatch.setattr(spark_engine, "read_purchases", lambda session, *_: seen.append(
+            session.conf.get("spark.sql.files.maxPartitionBytes")))
+        SparkEngine(spark, SparkConfig()).read(data)
+        assert seen == [str(INPUT_BYTES_PER_PARTITION)]
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+
+
 @pytest.mark.parametrize("cores, size, expected", [
     (2, None, 4),                 # no file to measure (a database table): twice the cores
     (2, 10 << 20, 4),             # 10 MB of input: still twice the cores

@@ -10,11 +10,12 @@ the executors (a pandas function over Arrow batches) to assign every customer,
 aggregations, and :func:`write_assignments` writes the table as Parquet and
 over JDBC. :class:`SparkEngine` puts these steps behind :class:`segml.engine.Engine`.
 
-The lines are read in three passes: the lines' hashes grouped once (the
-count, the fingerprint and the hashes that repeat, which are few), the
-contract into the per-order summary ``order_lines`` (cached: the counts, the
-features and the rejected lines all read it), and, only without
-``window.as_of``, the last valid purchase before them.
+The lines are read in three passes: the lines' hashes shuffled by value and
+sorted per partition (the count, the fingerprint and the hashes that repeat,
+which are few), the contract into the per-order summary ``order_lines``
+(cached: the counts, the features and the rejected lines all read it), and,
+only without ``window.as_of``, the last valid purchase before them. Input
+files are read in splits of at most 16 MB (:func:`size_partitions`).
 
 PySpark is an optional extra: ``pip install 'segml[spark]'`` (and Java 17).
 """
@@ -301,22 +302,20 @@ def column_types(spark: SparkSession) -> dict[str, str]:
 # --- the data contract and the features ------------------------------------------------------------
 
 
-def hash_pass(spark: SparkSession, columns: list[str]) -> tuple[int, int, list[int]]:
-    """The lines read, the sum of their hashes (for the fingerprint, modulo 2 ** 64) and the hashes
-    that occur more than once, from one pass over the 64-bit hashes of the lines' ``columns``.
+def hash_summaries(spark: SparkSession, columns: list[str]) -> DataFrame:
+    """One row per partition of the lines' 64-bit hashes (of their ``columns``), shuffled by value
+    so that equal hashes meet in one partition: the partition's hash count (``n``), their sum modulo
+    2 ** 64 (``hash_sum``) and the hashes that occur more than once (``repeated``), found by
+    sorting them on the executor with numpy, as the DuckDB engine sorts a file's hashes.
 
-    The hashes are shuffled by their value, so equal hashes meet in one partition, and each
-    partition's hashes are sorted on the executor with numpy, as the DuckDB engine
-    sorts a file's. Grouping them instead (``GROUP BY`` the hash) cost twice as much: a hash
-    table of as many groups as lines, which map-side partial aggregation cannot shrink. Only
-    the lines with a repeated hash can be duplicates; they are usually few, so the list comes to
-    the driver and the contract compares just those lines.
+    One shuffle of 8 bytes a line and no aggregation: grouping by the hash instead cost Spark
+    twice as much (a hash table with a group per line, which map-side partial aggregation cannot
+    shrink).
     """
 
     def summary(batches: Iterator) -> Iterator:
-        # One partition's hashes (equal hashes all in it): their count, sum modulo 2 ** 64 and the
-        # ones that repeat. Defined here so that it is shipped by value: the executors' Python
-        # workers import numpy and pyarrow only, not segml (over a second per worker).
+        # Defined here so that it is shipped by value: the executors' Python workers import numpy
+        # and pyarrow only, not segml (over a second per worker).
         import numpy
         import pyarrow
 
@@ -332,7 +331,17 @@ def hash_pass(spark: SparkSession, columns: list[str]) -> tuple[int, int, list[i
 
     hashed = ", ".join(backquote(c) for c in columns)
     lines = spark.sql(f"SELECT xxhash64({hashed}) AS __hash FROM {RAW} DISTRIBUTE BY __hash")
-    parts = lines.mapInArrow(summary, "n long, hash_sum long, repeated array<long>").collect()
+    return lines.mapInArrow(summary, "n long, hash_sum long, repeated array<long>")
+
+
+def hash_pass(spark: SparkSession, columns: list[str]) -> tuple[int, int, list[int]]:
+    """The lines read, the sum of their hashes (for the fingerprint, modulo 2 ** 64) and the hashes
+    that occur more than once, from one pass over the lines (:func:`hash_summaries`).
+
+    Only the lines with a repeated hash can be duplicates; they are usually few, so the list comes
+    to the driver and the contract compares just those lines.
+    """
+    parts = hash_summaries(spark, columns).collect()
     repeated = sorted(h for part in parts for h in part["repeated"])
     return sum(part["n"] for part in parts), sum(part["hash_sum"] for part in parts) % 2**64, repeated
 
