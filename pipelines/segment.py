@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 import segml
 from pipelines import publication
-from segml import drawing, prefect_server, progress
+from segml import prefect_server, progress
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
@@ -519,7 +519,6 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
     Returns a summary: MLflow run id, counts, k, homogeneity and output paths.
     """
     logger = get_run_logger()
-    drawing.start()  # the drawing worker imports matplotlib while the purchases are read and fitted
     config_path = Path(config)
     cfg = load_config(config_path)
     as_of = resolve_as_of(as_of, cfg)

@@ -117,12 +117,8 @@ def wait(timeout: float) -> None:
         if code is not None:
             raise RuntimeError(f"Prefect's temporary server exited with code {code}; start one with "
                                f"`prefect server start` and set PREFECT_API_URL, or run with --verbose to see why")
-        try:
-            with urllib.request.urlopen(f"{url()}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        if answers():
+            return
         time.sleep(0.05)
     stop()
     raise RuntimeError(f"Prefect's temporary server did not answer within {timeout:.0f} s; raise "
@@ -147,10 +143,22 @@ def adopt() -> None:
     os.environ[TEMPORARY] = "1"
 
 
-def ready() -> None:
-    """Wait for the adopted temporary server (:func:`adopt`), within Prefect's start-up timeout."""
+def answers() -> bool:
+    """Whether the temporary server answers now."""
+    try:
+        with urllib.request.urlopen(f"{url()}/health", timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def ready(meanwhile=None) -> None:
+    """Wait for the adopted temporary server (:func:`adopt`), within Prefect's start-up timeout;
+    ``meanwhile`` (a function) is called first when the server does not answer yet."""
     if _settings is None:
         return
+    if meanwhile is not None and not answers():
+        meanwhile()
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     wait(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))

@@ -102,6 +102,24 @@ def _client(uri: str) -> MlflowClient:
 _opened: set[str] = set()
 
 
+def preload(config: SegmlConfig) -> None:
+    """Do now, while the caller has nothing else to do (waiting for Prefect's temporary server), what
+    the run's first MLflow calls would do later: open the store (its client, its database module) and
+    build MLflow's map of installed packages, which logging a model reads to check its requirements.
+    Nothing changes but when the time is spent; a store that cannot be reached is left for the run
+    to report."""
+    try:
+        _client(tracking_uri(config))
+    except Exception:  # noqa: BLE001 - the run's own first call reports it, with its message
+        return
+    try:
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_packages_to_modules_map()  # MLflow's own cache, built once per process
+    except (ImportError, AttributeError):  # another MLflow: it builds the map when it needs it
+        pass
+
+
 def _sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` store; None for any other store or an in-memory one."""
     if not uri.startswith("sqlite:"):
