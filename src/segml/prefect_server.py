@@ -133,13 +133,17 @@ def adopt() -> None:
     global _settings
     if _process is None or _settings is not None:
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     if PREFECT_API_URL.value():
         stop()
         return
     _settings = contextlib.ExitStack()
-    _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url()}))
+    # No flow run heartbeats: they let a lasting server notice a run whose process died, and this
+    # server ends with the process. Prefect stops its heartbeat thread by joining it, up to a second
+    # at the end of every flow run.
+    _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url(),
+                                                        PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
     os.environ[TEMPORARY] = "1"
 
 
