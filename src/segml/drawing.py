@@ -18,6 +18,7 @@ process, as before: the files are the same either way.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -34,6 +35,7 @@ ENV = "SEGML_DRAWING_PROCESS"
 
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
+_warming: Future | None = None
 
 
 def _warm() -> int:
@@ -55,7 +57,7 @@ def enabled() -> bool:
 
 def start() -> None:
     """Start the drawing worker now (it then imports while the caller works); safe to call again."""
-    global _pool
+    global _pool, _warming
     if not enabled():
         return
     with _lock:
@@ -64,7 +66,8 @@ def start() -> None:
         try:
             # spawn: a clean interpreter, never a fork of a process that runs Prefect's and MLflow's threads.
             _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            _pool.submit(_warm)
+            _warming = _pool.submit(_warm)
+            atexit.register(stop)
         except (OSError, RuntimeError, NotImplementedError) as exc:  # no processes here: draw in a thread
             log.debug("no drawing worker (%s): drawing in a thread", exc)
             _pool = None
@@ -72,11 +75,22 @@ def start() -> None:
 
 def stop() -> None:
     """Stop the drawing worker (the next :func:`start` makes a new one)."""
-    global _pool
+    global _pool, _warming
     with _lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool, _pool, _warming = _pool, None, None
+    if pool is None:
+        return
+    pool.shutdown(wait=True, cancel_futures=True)
+    # multiprocessing's resource tracker, a process of its own started with the first spawned worker,
+    # would otherwise outlive this process (and stay a zombie where nothing reaps orphans).
+    from multiprocessing import resource_tracker
+
+    stop_tracker = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if stop_tracker is not None:
+        try:
+            stop_tracker()
+        except Exception:  # noqa: BLE001 - not this process's to stop, or gone already
+            pass
 
 
 def draw(folder: Path, figures: dict, pages: list | None, footer: str) -> tuple[dict[str, Path], Path | None]:
@@ -94,8 +108,17 @@ def write_pdf(folder: Path, pages: list | None, footer: str) -> Path | None:
     return write_report(folder / "segment_report.pdf", pages, footer) if pages is not None else None
 
 
-def _pdf_pickled(payload: bytes) -> Path | None:
-    return write_pdf(*pickle.loads(payload))
+def _pdf_pickled(payload: bytes) -> tuple[Path | None, int]:
+    return write_pdf(*pickle.loads(payload)), os.getpid()
+
+
+def worker_pid() -> int | None:
+    """The drawing worker's process id once it has started (None without a worker)."""
+    future = _warming
+    try:
+        return future.result(timeout=120) if future is not None else None
+    except Exception:  # noqa: BLE001 - a worker that never came up is no worker
+        return None
 
 
 class Drawing:
@@ -106,6 +129,8 @@ class Drawing:
 
     def __init__(self, folder: Path, figures: dict, pages: list | None, footer: str) -> None:
         self.folder, self.figures, self.pages, self.footer = folder, figures, pages, footer
+        #: The id of the process that drew the report (this one, or the worker's), once drawn.
+        self.report_pid: int | None = None
         self._report: Future | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._all: Future | None = None
@@ -126,6 +151,7 @@ class Drawing:
     def result(self) -> tuple[dict[str, Path], Path | None]:
         if self._all is not None:
             try:
+                self.report_pid = os.getpid()
                 return self._all.result()
             finally:
                 self._thread.shutdown(wait=False)
@@ -133,10 +159,12 @@ class Drawing:
 
         drawn = save_figures(self.folder / "plots", self.figures)
         try:
-            return drawn, self._report.result()
+            report, self.report_pid = self._report.result()
+            return drawn, report
         except BrokenProcessPool:  # the worker died (killed, out of memory): draw the report here instead
             log.warning("the drawing process stopped; drawing the report in this process")
             stop()
+            self.report_pid = os.getpid()
             return drawn, write_pdf(self.folder, self.pages, self.footer)
 
 

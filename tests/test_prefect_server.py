@@ -1,0 +1,85 @@
+"""Prefect's temporary server as the command line starts it: the flow run is recorded in it, nothing
+is left running when the command ends, and a server named by Prefect's settings wins."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import write_flow_config
+
+
+def _without_server(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               COLUMNS="120")
+    return env
+
+
+def _gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_a_command_without_a_server_records_its_flow_run_in_a_temporary_one_and_leaves_nothing_running(tmp_path):
+    config = write_flow_config(tmp_path, n_customers=300)
+    env = _without_server(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "segml", "run", str(config)], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "Results are in" in out
+    # Every process the command started (the server, the drawing worker) ended with it.
+    assert _gone(process.pid)
+    # The temporary server kept its database in PREFECT_HOME: the flow run is there, completed.
+    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
+        runs = db.execute("SELECT name, state_type FROM flow_run").fetchall()
+    assert len(runs) == 1 and runs[0][1] == "COMPLETED" and "as of" in runs[0][0]
+    # Its pages are gone with it: no link to them in the MLflow run.
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = MlflowClient(tracking_uri=uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments()],
+        filter_string="tags.`segml.prefect.flow_run_id` != ''")[0]
+    assert "segml.prefect.flow_run_url" not in run.data.tags
+
+
+CHILD = textwrap.dedent("""
+    import os, sys
+    from segml import prefect_server
+    prefect_server.start()
+    process = prefect_server._process
+    os.environ["PREFECT_API_URL"] = sys.argv[1]   # as a profile or prefect.toml would name a server
+    from prefect.settings import PREFECT_API_URL
+    prefect_server.adopt()
+    process.wait(timeout=30)                      # stopped, unused
+    print(PREFECT_API_URL.value(), prefect_server.url(), os.environ.get(prefect_server.TEMPORARY))
+""")
+
+
+def test_a_server_named_by_prefects_settings_wins_and_the_temporary_one_is_stopped(tmp_path):
+    env = _without_server(tmp_path)
+    done = subprocess.run([sys.executable, "-c", CHILD, "http://127.0.0.1:4999/api"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["http://127.0.0.1:4999/api", "None", "None"]
+
+
+def test_no_temporary_server_when_the_environment_names_one(monkeypatch):
+    from segml import prefect_server
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4999/api")
+    assert not prefect_server.wanted()
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setenv("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
+    assert not prefect_server.wanted()
