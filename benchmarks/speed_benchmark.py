@@ -8,6 +8,9 @@ Measures, each ``--repeat`` times (the median is reported), in fresh processes:
 - ``segml run`` cold: no Prefect server running, so the command starts Prefect's temporary server;
 - ``segml run`` with a Prefect server already running (started here, once, before the measurements);
 - ``segml score`` with the server running, against ``bare`` fitting the one chosen k (``--k K,K``);
+- ``segml demo`` (a fresh folder each time: sample data, a new MLflow store, the flow, then a campaign
+  and its report) with the server running, against ``bare demo``: the same sample purchases generated
+  by segml's own generator, then ``bare`` on them (k = 2..8, as the demo);
 - the time from starting ``segml run`` on a terminal (a pseudo-terminal here) to its first output.
 
 Every number comes from the same run, on the same machine state; nothing is compared with a figure
@@ -90,6 +93,23 @@ def start_prefect(home: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("prefect server did not start")
 
 
+#: Writes ``segml demo``'s sample purchases (the same generator and seed) into the folder argv[1].
+GENERATE = "import sys; from segml.sample import write_sample; write_sample(sys.argv[1])"
+
+
+def bare_demo(folder: Path) -> list[str]:
+    """The bare script on the demo's sample purchases, with the demo's columns, date and k range."""
+    from segml.sample import SAMPLE_CONFIG
+
+    data = SAMPLE_CONFIG["data"]
+    columns = data["columns"]
+    return [PYTHON, str(HERE / "bare_segmentation.py"), str(folder / data["path"]), str(folder / "bare.csv"),
+            "--as-of", SAMPLE_CONFIG["window"]["as_of"], "--customer", columns["customer_id"],
+            "--timestamp", columns["timestamp"], "--order", columns["order_id"], "--quantity", columns["quantity"],
+            "--price", columns["unit_price"], "--timestamp-format", data["timestamp_format"],
+            "--k", ",".join(str(k) for k in SAMPLE_CONFIG["model"]["k_range"])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "online_retail_240k.parquet"))
@@ -123,6 +143,12 @@ def main() -> None:
             results.setdefault("bare script, one k", []).append(timed(bare + ["--k", "4,4"], cold_env, work))
             results.setdefault("segml run, first output on a terminal", []).append(
                 first_output(segml + ["run", str(config)], warm_env, work))
+            demo = Path(tempfile.mkdtemp(prefix="demo-", dir=work))
+            results.setdefault("bare demo (generate, then bare script)", []).append(
+                timed([PYTHON, "-c", GENERATE, str(demo / "bare")], cold_env, work)
+                + timed(bare_demo(demo / "bare"), cold_env, work))
+            results.setdefault("segml demo, server running", []).append(
+                timed(segml + ["demo", "--dir", str(demo / "segml")], warm_env, work))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -133,7 +159,8 @@ def main() -> None:
     base = median["bare script"]
     print(f"\nsegml run cold / bare: {median['segml run, cold'] / base:.2f}x; with a server running: "
           f"{median['segml run, server running'] / base:.2f}x; segml score / bare one k: "
-          f"{median['segml score, server running'] / median['bare script, one k']:.2f}x")
+          f"{median['segml score, server running'] / median['bare script, one k']:.2f}x; segml demo / bare demo: "
+          f"{median['segml demo, server running'] / median['bare demo (generate, then bare script)']:.2f}x")
     shutil.rmtree(work, ignore_errors=True)
 
 
