@@ -60,7 +60,7 @@ def _spawn(port: int) -> subprocess.Popen:
 def wanted() -> bool:
     """Whether a command should start the temporary server: no server named in the environment and
     Prefect's ephemeral mode not turned off there. (Prefect's profile and settings files are read
-    once Prefect is imported: :func:`use` checks them.)"""
+    once Prefect is imported: :func:`adopt` checks them.)"""
     if os.environ.get("PREFECT_API_URL"):
         return False
     allowed = os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").strip().lower()
