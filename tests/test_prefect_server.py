@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -21,12 +23,27 @@ def _without_server(tmp_path) -> dict[str, str]:
     return env
 
 
-def _gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def _alive_in(session: int) -> list[str]:
+    """The command lines of the processes of ``session`` still running (zombies left out: where no
+    init reaps orphans, an orphan that ended stays one)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session and fields[0] != "Z":  # process group, state
+                alive.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, IndexError, ValueError):
+            continue
+    return alive
+
+
+def _gone(session: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while _alive_in(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _alive_in(session)
 
 
 @pytest.mark.slow
@@ -52,6 +69,23 @@ def test_a_command_without_a_server_records_its_flow_run_in_a_temporary_one_and_
         [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments()],
         filter_string="tags.`segml.prefect.flow_run_id` != ''")[0]
     assert "segml.prefect.flow_run_url" not in run.data.tags
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_command_killed_mid_run_leaves_neither_the_server_nor_the_drawing_worker_running(tmp_path):
+    config = write_flow_config(tmp_path, n_customers=300)
+    process = subprocess.Popen([sys.executable, "-m", "segml", "run", str(config)], env=_without_server(tmp_path),
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any("uvicorn" in c for c in _alive_in(process.pid)):
+        time.sleep(0.1)
+    assert any("uvicorn" in c for c in _alive_in(process.pid)), "the temporary server never started"
+    time.sleep(1)  # the drawing worker spawned too
+    process.kill()  # no exit handlers run
+    process.wait()
+    assert _gone(process.pid), _alive_in(process.pid)
 
 
 CHILD = textwrap.dedent("""
@@ -83,3 +117,15 @@ def test_no_temporary_server_when_the_environment_names_one(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setenv("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
     assert not prefect_server.wanted()
+
+
+@pytest.mark.slow
+def test_a_temporary_server_that_cannot_start_is_one_clear_error(tmp_path):
+    config = write_flow_config(tmp_path, n_customers=100)
+    env = {**_without_server(tmp_path), "PREFECT_HOME": "/dev/null/prefect"}  # no folder can be made there
+    done = subprocess.run([sys.executable, "-m", "segml", "run", str(config)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Prefect's temporary server did not start (exit code 3, after 3 attempts")
+    assert "PREFECT_HOME (/dev/null/prefect)" in last

@@ -38,6 +38,25 @@ _pool: ProcessPoolExecutor | None = None
 _warming: Future | None = None
 
 
+def _die_with_parent() -> None:
+    """The worker's initializer: on Linux the kernel ends the worker when the command's process dies,
+    however it dies (a worker left waiting for drawings that never come would keep multiprocessing's
+    resource tracker alive with it)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the signal was set
+        os._exit(0)
+
+
 def _warm() -> int:
     """Run in the worker when it starts: import what drawing needs, so the first drawing finds it loaded."""
     import matplotlib
@@ -65,7 +84,8 @@ def start() -> None:
             return
         try:
             # spawn: a clean interpreter, never a fork of a process that runs Prefect's and MLflow's threads.
-            _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_die_with_parent)
             _warming = _pool.submit(_warm)
             atexit.register(stop)
         except (OSError, RuntimeError, NotImplementedError) as exc:  # no processes here: draw in a thread

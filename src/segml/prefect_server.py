@@ -29,6 +29,8 @@ import time
 import urllib.error
 import urllib.request
 
+from segml.errors import SegmlError
+
 #: Set in the environment of a command whose Prefect server is the temporary one: its pages are gone
 #: when the command ends, so no link to them is recorded.
 TEMPORARY = "SEGML_PREFECT_TEMPORARY_SERVER"
@@ -54,7 +56,29 @@ def _spawn(port: int) -> subprocess.Popen:
     if app_dir:
         command[3:3] = ["--app-dir", app_dir]
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    if sys.platform.startswith("linux"):
+        # The server ends with this process however it ends (killed, a signal without exit handlers),
+        # not only through stop(): the kernel signals it when its parent dies (it is set in a launcher
+        # that then becomes the server, so nothing runs between fork and exec here).
+        command = [sys.executable, "-c", _ORPHAN_SIGNAL, *command]
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+
+
+#: Sets PR_SET_PDEATHSIG (SIGTERM) for itself, then becomes the command in its arguments.
+_ORPHAN_SIGNAL = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() == 1:\n"
+    "    sys.exit(0)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
+
+#: uvicorn's exit code when the application does not start (Prefect's server reads it as a port taken
+#: meanwhile, and starts again on another): tried this many times before giving up.
+STARTUP_FAILURE, ATTEMPTS = 3, 3
 
 
 def wanted() -> bool:
@@ -103,25 +127,30 @@ def stop() -> None:
 
 def wait(timeout: float) -> None:
     """Wait until the temporary server answers; on a port taken meanwhile, start it on another.
-    Raises a :class:`RuntimeError` saying why when it does not come up within ``timeout`` seconds."""
+    Raises a :class:`~segml.errors.SegmlError` saying why when it does not come up within ``timeout`` seconds."""
     global _process, _port
     if _process is None:
         return
     deadline = time.monotonic() + timeout
+    attempts = 1
     while time.monotonic() < deadline:
         code = _process.poll()
-        if code == 3:  # uvicorn's exit when the port was taken between choosing and binding it
+        if code == STARTUP_FAILURE and attempts < ATTEMPTS:  # perhaps its port was taken meanwhile
+            attempts += 1
             _port = _free_port()
             _process = _spawn(_port)
             continue
         if code is not None:
-            raise RuntimeError(f"Prefect's temporary server exited with code {code}; start one with "
-                               f"`prefect server start` and set PREFECT_API_URL, or run with --verbose to see why")
+            stop()
+            raise SegmlError(f"Prefect's temporary server did not start (exit code {code}, after {attempts} "
+                               f"attempt{'s' if attempts > 1 else ''}; its own messages are above): check "
+                               f"PREFECT_HOME ({os.environ.get('PREFECT_HOME', '~/.prefect')}), or start a server with "
+                               f"`prefect server start` and set PREFECT_API_URL")
         if answers():
             return
         time.sleep(0.05)
     stop()
-    raise RuntimeError(f"Prefect's temporary server did not answer within {timeout:.0f} s; raise "
+    raise SegmlError(f"Prefect's temporary server did not answer within {timeout:.0f} s; raise "
                        f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or start one with `prefect server start`")
 
 
