@@ -129,3 +129,39 @@ def test_a_temporary_server_that_cannot_start_is_one_clear_error(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: Prefect's temporary server did not start (exit code 3, after 3 attempts")
     assert "PREFECT_HOME (/dev/null/prefect)" in last
+
+
+@pytest.mark.slow
+def test_on_a_terminal_a_first_run_shows_the_spinner_and_the_summary_only(tmp_path):
+    """A new PREFECT_HOME on a terminal: no telemetry notice from Prefect, and the spinner's steps stay
+    beside the spinner instead of also printing as 'info:' lines."""
+    import pty
+    import re
+    import select
+
+    config = write_flow_config(tmp_path, n_customers=300)
+    env = {k: v for k, v in _without_server(tmp_path).items() if k != "DO_NOT_TRACK"}
+    main, secondary = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "segml", "run", str(config)], env=env, cwd=tmp_path,
+                               stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([main], [], [], 300)
+        if not ready:
+            break
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the command closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    process.wait(timeout=60)
+    os.close(main)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    assert process.returncode == 0, text[-2000:]
+    assert "reading and checking the purchases..." in text  # the spinner showed its steps
+    assert "Results are in" in text
+    assert "info:" not in text
+    assert "anonymous usage data" not in text

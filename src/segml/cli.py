@@ -29,6 +29,9 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Prefect's own client telemetry, and its first-run notice on a terminal (three lines, printed
+    # between the spinner's, whenever PREFECT_HOME is new).
+    os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 _quiet_defaults()
@@ -230,10 +233,14 @@ def _working(verbose: bool):
         handler = _Progress(status)
         progress.addHandler(handler)
         progress.setLevel(logging.INFO)
+        # The steps belong beside the spinner only: passed on to the console handler too, some stayed on
+        # the terminal as 'info: reading and checking the purchases' lines between the spinner's.
+        progress.propagate = False
         try:
             yield
         finally:
             progress.removeHandler(handler)
+            progress.propagate = True
 
 
 ForceOpt = Annotated[bool, typer.Option(
