@@ -29,6 +29,8 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from segml.children import die_with_parent
+
 log = logging.getLogger(__name__)
 
 #: Set to ``0`` to draw in a thread of the flow's process instead of a worker process.
@@ -37,25 +39,6 @@ ENV = "SEGML_DRAWING_PROCESS"
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _warming: Future | None = None
-
-
-def _die_with_parent() -> None:
-    """The worker's initializer: on Linux the kernel ends the worker when the command's process dies,
-    however it dies (a worker left waiting for drawings that never come would keep multiprocessing's
-    resource tracker alive with it)."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the signal was set
-        os._exit(0)
 
 
 def _warm() -> int:
@@ -84,9 +67,11 @@ def start() -> None:
         if _pool is not None:
             return
         try:
-            # spawn: a clean interpreter, never a fork of a process that runs Prefect's and MLflow's threads.
+            # spawn: a clean interpreter, never a fork of a process that runs Prefect's and MLflow's threads;
+            # the worker ends with this process (left waiting for drawings that never come, it would keep
+            # multiprocessing's resource tracker alive with it).
             _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_die_with_parent)
+                                        initializer=die_with_parent)
             _warming = _pool.submit(_warm)
             atexit.register(stop)
         except (OSError, RuntimeError, NotImplementedError) as exc:  # no processes here: draw in a thread

@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 
+from segml.children import LAUNCHER
 from segml.errors import SegmlError
 
 #: Set in the environment of a command whose Prefect server is the temporary one: its pages are gone
@@ -56,25 +57,11 @@ def _spawn(port: int) -> subprocess.Popen:
     if app_dir:
         command[3:3] = ["--app-dir", app_dir]
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    if sys.platform.startswith("linux"):
-        # The server ends with this process however it ends (killed, a signal without exit handlers),
-        # not only through stop(): the kernel signals it when its parent dies (it is set in a launcher
-        # that then becomes the server, so nothing runs between fork and exec here).
-        command = [sys.executable, "-c", _ORPHAN_SIGNAL, *command]
+    # The server ends with this process however it ends, not only through stop(): a launcher has the
+    # kernel signal it when its parent dies, then becomes the server (nothing runs between fork and exec).
+    command = [sys.executable, "-P", "-c", LAUNCHER, *command]
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
 
-
-#: Sets PR_SET_PDEATHSIG (SIGTERM) for itself, then becomes the command in its arguments.
-_ORPHAN_SIGNAL = (
-    "import ctypes, os, signal, sys\n"
-    "try:\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
-    "except (OSError, AttributeError):\n"
-    "    pass\n"
-    "if os.getppid() == 1:\n"
-    "    sys.exit(0)\n"
-    "os.execv(sys.argv[1], sys.argv[1:])\n"
-)
 
 #: uvicorn's exit code when the application does not start (Prefect's server reads it as a port taken
 #: meanwhile, and starts again on another): tried this many times before giving up.
