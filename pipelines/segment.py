@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 import segml
 from pipelines import publication
-from segml import prefect_server, progress
+from segml import drawing, prefect_server, progress
 from segml import report as report_pages
 from segml import tracking
 from segml.config import SegmlConfig, load_config
@@ -294,20 +294,66 @@ def report_data(config: SegmlConfig, purchases: Purchases, model: SegmentModel, 
         migration=migration.summary, matching=identity.matching)
 
 
-@task(cache_policy=NO_CACHE)
-def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, purchases: Purchases,
-                 model: SegmentModel, candidates: pd.DataFrame, scored: Quality, identity: Identity,
-                 migration: Migration, assignments: pd.DataFrame, data: report_pages.ReportData) -> dict[str, Path]:
-    """Tables, plots and the PDF report of the run, rendered into a staging folder."""
-    segments = identity.segments
-    features = purchases.features.sort_index()
-    figures = segmentation_figures(features, scored.space, scored.labels, segments, candidates, model.features,
-                                   config.model.criterion, config.model.min_segment_share,
-                                   config.naming.currency)
-    r = purchases.report
+def report_figures(config: SegmlConfig, purchases: Purchases, candidates: pd.DataFrame, scored: Quality,
+                   identity: Identity, migration: Migration, model: SegmentModel) -> dict:
+    """The run's figures (matplotlib), by name: the PNG files and most of the report's appendix."""
+    figures = segmentation_figures(purchases.features.sort_index(), scored.space, scored.labels, identity.segments,
+                                   candidates, model.features, config.model.criterion,
+                                   config.model.min_segment_share, config.naming.currency)
     if not migration.counts.empty:
         names = dict(zip(identity.catalogue["segment_id"], identity.catalogue["segment_name"]))
         figures["migration"] = plot_migration(migration.shares, migration.counts, names)
+    return figures
+
+
+def report_document(data: report_pages.ReportData, figures: dict, contract: pd.DataFrame) -> list:
+    """The PDF report's pages, in order."""
+    descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, **USED_REASONS, "": "counted in the features"}
+    return [*report_pages.overview_pages(data), figures["segment_sizes"],
+            *[report_pages.segment_page(data, row) for _, row in data.segments.iterrows()],
+            report_pages.changes_page(data), *([figures["migration"]] if "migration" in figures else []),
+            report_pages.appendix_divider(data.facts),
+            *[figures[f] for f in ("k_selection", "silhouette_by_segment", "snake_plot", "feature_distributions",
+                                   "projection_2d")],
+            *([report_pages.forward_page(data)] if data.forward is not None else []),
+            report_pages.contract_page(contract, descriptions), report_pages.glossary_page()]
+
+
+def report_footer(config: SegmlConfig, data: report_pages.ReportData) -> str:
+    return f"segml · {config.name} · as of {data.as_of} · MLflow run {data.run_id}"
+
+
+@task(cache_policy=NO_CACHE)
+def start_drawing(staging: Path, config: SegmlConfig, purchases: Purchases, candidates: pd.DataFrame,
+                  scored: Quality, identity: Identity, migration: Migration, model: SegmentModel,
+                  data: report_pages.ReportData) -> tuple[dict, drawing.Drawing]:
+    """The run's figures, and their drawing (PNG files and the PDF report) started into ``staging``:
+    :func:`render_files` waits for it. Started before the model is registered, so the report is drawn
+    on the other core meanwhile (``data`` names the version the registration is expected to give; a
+    different one has the report drawn again, :func:`redraw`)."""
+    figures = report_figures(config, purchases, candidates, scored, identity, migration, model)
+    pages = report_document(data, figures, purchases.report.as_frame())
+    return figures, drawing.render(staging, figures, pages, report_footer(config, data))
+
+
+def redraw(staging: Path, config: SegmlConfig, purchases: Purchases, figures: dict, under_way: drawing.Drawing,
+           data: report_pages.ReportData) -> drawing.Drawing:
+    """The drawing again, its report from ``data`` (after the first drawing ends, so this one's files
+    are written last)."""
+    under_way.abandon()
+    pages = report_document(data, figures, purchases.report.as_frame())
+    return drawing.render(staging, figures, pages, report_footer(config, data))
+
+
+@task(cache_policy=NO_CACHE)
+def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, purchases: Purchases,
+                 candidates: pd.DataFrame, scored: Quality, identity: Identity, migration: Migration,
+                 assignments: pd.DataFrame, run_tables: dict[str, pd.DataFrame],
+                 under_way: drawing.Drawing) -> dict[str, Path]:
+    """The run's tables into the staging folder, beside its figures and PDF report (being drawn,
+    ``under_way``: waited for here)."""
+    segments = identity.segments
+    r = purchases.report
     tables = {
         "segments": segments,
         "candidates": candidates,
@@ -320,29 +366,15 @@ def render_files(staging: Path, config: SegmlConfig, config_path: Path | None, p
             meaning=purchases.excluded["reason"].map(EXCLUSION_REASONS)),
         "catalogue": identity.catalogue,
         "segment_matching": identity.matching,
+        **run_tables,
     }
-    if purchases.attributes is not None:
-        tables.update(attribute_tables(assignments, purchases.attributes))
-        data.attributes = tables.get("segment_attributes")
-    if data.forward is not None:
-        tables["forward_validity"] = data.forward
-    descriptions = {**REJECTION_REASONS, **WINDOW_REASONS, **USED_REASONS, "": "counted in the features"}
-    pages = [*report_pages.overview_pages(data), figures["segment_sizes"],
-             *[report_pages.segment_page(data, row) for _, row in segments.iterrows()],
-             report_pages.changes_page(data), *([figures["migration"]] if "migration" in figures else []),
-             report_pages.appendix_divider(data.facts),
-             *[figures[f] for f in ("k_selection", "silhouette_by_segment", "snake_plot", "feature_distributions",
-                                    "projection_2d")],
-             *([report_pages.forward_page(data)] if data.forward is not None else []),
-             report_pages.contract_page(r.as_frame(), descriptions), report_pages.glossary_page()]
     if not migration.counts.empty:
         tables["migration_counts"] = migration.counts.reset_index()
         tables["migration_shares"] = migration.shares.reset_index()
     if config.publish.changes_file:
         changes = assignments[assignments["segment_changed"].fillna(True).astype(bool)]
         tables["changes"] = changes
-    written = stage_files(staging, assignments, tables, figures, pages,
-                          f"segml · {config.name} · as of {data.as_of} · MLflow run {data.run_id}")
+    written = stage_files(staging, assignments, tables, under_way)
     if config.publish.column_map:
         # The same tables under the CRM's import field names.
         renamed = {"assignments": assignments, **({"changes": tables["changes"]} if "changes" in tables else {})}
@@ -570,26 +602,48 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
             logger.warning(line)
         if warnings:
             tracking.set_tags(handle.uri, handle.run_id, {"segml.warnings": " | ".join(warnings)})
-        progress.step("registering the model")
-        assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration, gates)
-        record_run(handle, cfg, purchases, candidates, metrics)
         gate_lines = ([f"Quality gates: {'; '.join(g.describe() for g in gates)}; "
                        + ("FAILED, not published." if failed else "all passed.")] if gates else [])
         held_back = ("quality gates failed: " + "; ".join(g.describe() for g in failed)) if failed else None
-        data = report_data(cfg, purchases, model, candidates, scored, identity, migration, shifts, published,
-                           handle.run_id, version, gate_lines, held_back, warnings)
-        if forward:
-            data.forward, data.forward_metrics = forward
-            data.forward_days = cfg.quality.forward_horizon_days
-        destination = publication.destination_of(cfg, as_of, "refit")
-        links = run_links(handle, destination / "segment_report.pdf")
-        tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(
-            data, links, "Passed its gates; not published yet (see the tag segml.publication).")})
+        run_tables = {**(attribute_tables(base, purchases.attributes) if purchases.attributes is not None else {}),
+                      **({"forward_validity": forward[0]} if forward else {})}
+
+        def describe(version: int | None) -> report_pages.ReportData:
+            data = report_data(cfg, purchases, model, candidates, scored, identity, migration, shifts, published,
+                               handle.run_id, version, gate_lines, held_back, warnings)
+            data.attributes = run_tables.get("segment_attributes")
+            if forward:
+                data.forward, data.forward_metrics = forward
+                data.forward_days = cfg.quality.forward_horizon_days
+            return data
+
+        expected = tracking.next_version(cfg)
+        data = describe(expected)
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
-            progress.step("drawing the figures and the report")
-            render_files(staging, cfg, config_path, purchases, model, candidates, scored, identity, migration,
-                         assignments, data)
+            progress.step("drawing the figures and the report; registering the model")
+            # The report is drawn on the other core while the model is registered; it names the model
+            # version, so it is drawn with the version expected and again should another one be given.
+            figures, under_way = start_drawing(staging, cfg, purchases, candidates, scored, identity, migration,
+                                               model, data)
+            try:
+                assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration,
+                                                      gates)
+                record_run(handle, cfg, purchases, candidates, metrics)
+                if version != expected:
+                    logger.info("model version %d registered where %s was expected: drawing the report again",
+                                version, expected)
+                    data = describe(version)
+                    under_way = redraw(staging, cfg, purchases, figures, under_way, data)
+                destination = publication.destination_of(cfg, as_of, "refit")
+                links = run_links(handle, destination / "segment_report.pdf")
+                tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(
+                    data, links, "Passed its gates; not published yet (see the tag segml.publication).")})
+            except BaseException:
+                under_way.abandon()  # before its folder is removed
+                raise
+            render_files(staging, cfg, config_path, purchases, candidates, scored, identity, migration,
+                         assignments, run_tables, under_way)
             log_files(handle, staging)
             if failed:
                 tracking.tag_failed_gates(handle, [g.describe() for g in failed])

@@ -97,3 +97,60 @@ def test_the_worker_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(drawing.ENV, "0")
     drawing.start()
     assert drawing.worker_pid() is None
+
+
+def test_a_drawing_started_again_writes_its_report_last(tmp_path, worker):
+    """What the flow does when the model version its report names turns out another: the first
+    drawing ends, then the second's report replaces it."""
+    figures = _figures()
+    first = drawing.render(tmp_path, figures, [_text_page("version 7")], "footer text")
+    first.abandon()
+    second = drawing.render(tmp_path, figures, [_text_page("version 8"), figures["segment_sizes"],
+                                                figures["snake_plot"]], "footer text")
+    drawn, report = second.result()
+    assert _pages_in(report) == 3 and sorted(drawn) == ["plot_segment_sizes", "plot_snake_plot"]
+
+
+def test_a_drawing_in_a_thread_started_again_writes_its_report_last(tmp_path):
+    drawing.stop()
+    figures = _figures()
+    first = drawing.render(tmp_path, figures, [_text_page("one")] * 4, "footer text")
+    first.abandon()
+    drawn, report = drawing.render(tmp_path, figures, [_text_page("two")], "footer text").result()
+    assert _pages_in(report) == 1 and len(drawn) == 2
+
+
+def test_the_worker_maps_the_installed_packages_as_mlflow_would(worker):
+    import importlib_metadata
+    from mlflow.utils import requirements_utils
+
+    from segml import tracking
+
+    assert drawing.distributions() == importlib_metadata.packages_distributions()
+    kept = requirements_utils._MODULES_TO_PACKAGES
+    try:
+        requirements_utils._MODULES_TO_PACKAGES = None
+        tracking._map_installed_packages()
+        handed = requirements_utils._MODULES_TO_PACKAGES
+        requirements_utils._MODULES_TO_PACKAGES = None
+        requirements_utils._init_modules_to_packages_map()
+        assert handed is not None and handed == requirements_utils._MODULES_TO_PACKAGES
+        assert "sklearn" in handed and "scikit-learn" in handed["sklearn"]
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = kept
+
+
+def test_without_a_worker_mlflow_maps_the_packages_itself():
+    from mlflow.utils import requirements_utils
+
+    from segml import tracking
+
+    drawing.stop()
+    assert drawing.distributions() is None
+    kept = requirements_utils._MODULES_TO_PACKAGES
+    try:
+        requirements_utils._MODULES_TO_PACKAGES = None
+        tracking._map_installed_packages()
+        assert requirements_utils._MODULES_TO_PACKAGES is None  # left to log_model, as before
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = kept

@@ -213,6 +213,41 @@ def test_the_mlflow_run_and_model_version_describe_themselves(flow_run):
     assert version.tags["gates"] in ("passed", "none configured") and version.run_id == summary["run_id"]
 
 
+def _page_texts(pages: list) -> str:
+    import re
+
+    from matplotlib.text import Text
+
+    return re.sub(r"\s+", " ", " ".join(t.get_text() for page in pages or [] for t in page.findobj(Text)))
+
+
+def test_the_report_names_the_registered_model_version_even_when_another_was_expected(
+        prefect_harness, tmp_path, monkeypatch):
+    """The report is drawn while the model is registered, with the version the registry is expected
+    to give; when another registration took that number first, the report is drawn again."""
+    from segml import drawing
+
+    config_path = write_flow_config(tmp_path)
+    reports: list[str] = []
+    render = drawing.render
+
+    def watched(folder, figures, pages=None, footer=""):
+        reports.append(_page_texts(pages))
+        return render(folder, figures, pages, footer)
+
+    monkeypatch.setattr(drawing, "render", watched)
+    with monkeypatch.context() as wrong:
+        wrong.setattr(tracking, "next_version", lambda config: 99)
+        first = segment_customers(str(config_path))
+    assert first["model_version"] == 1 and len(reports) == 2
+    assert "version 99." in reports[0] and "version 1." in reports[1] and "version 99" not in reports[1]
+
+    reports.clear()  # the next run guesses right: one drawing
+    second = segment_customers(str(config_path))
+    assert second["model_version"] == 2 and len(reports) == 1 and "version 2." in reports[0]
+    assert (Path(second["output_dir"]) / "segment_report.pdf").stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_a_past_as_of_date_measures_forward_validity_on_the_days_after_it(prefect_harness, tmp_path):
     config_path = write_flow_config(tmp_path, quality={"stability_resamples": 0, "forward_horizon_days": 28})

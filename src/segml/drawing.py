@@ -39,6 +39,17 @@ ENV = "SEGML_DRAWING_PROCESS"
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _warming: Future | None = None
+_distributions: Future | None = None
+
+
+def _start_worker() -> None:
+    """The worker's initializer: it ends with this process, and at its own end skips tearing down
+    the modules it imported (matplotlib, pandas), which the command would otherwise wait for."""
+    import atexit
+
+    die_with_parent()
+    # Registered first, so it runs last: multiprocessing has cleaned up by then.
+    atexit.register(os._exit, 0)
 
 
 def _warm() -> int:
@@ -54,13 +65,23 @@ def _warm() -> int:
     return os.getpid()
 
 
+def _installed_distributions() -> dict[str, list[str]]:
+    """Run in the worker: every importable top-level module with the distributions that install it
+    (what MLflow maps a model's requirements with before it checks them, :func:`distributions`)."""
+    try:
+        import importlib_metadata as metadata  # the one MLflow reads
+    except ImportError:
+        import importlib.metadata as metadata
+    return metadata.packages_distributions()
+
+
 def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def start() -> None:
     """Start the drawing worker now (it then imports while the caller works); safe to call again."""
-    global _pool, _warming
+    global _pool, _warming, _distributions
     if not enabled():
         return
     with _lock:
@@ -71,8 +92,9 @@ def start() -> None:
             # the worker ends with this process (left waiting for drawings that never come, it would keep
             # multiprocessing's resource tracker alive with it).
             _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=die_with_parent)
+                                        initializer=_start_worker)
             _warming = _pool.submit(_warm)
+            _distributions = _pool.submit(_installed_distributions)
             atexit.register(stop)
         except (OSError, RuntimeError, NotImplementedError) as exc:  # no processes here: draw in a thread
             log.debug("no drawing worker (%s): drawing in a thread", exc)
@@ -81,9 +103,9 @@ def start() -> None:
 
 def stop() -> None:
     """Stop the drawing worker (the next :func:`start` makes a new one)."""
-    global _pool, _warming
+    global _pool, _warming, _distributions
     with _lock:
-        pool, _pool, _warming = _pool, None, None
+        pool, _pool, _warming, _distributions = _pool, None, None, None
     if pool is None:
         return
     pool.shutdown(wait=True, cancel_futures=True)
@@ -116,6 +138,17 @@ def write_pdf(folder: Path, pages: list | None, footer: str) -> Path | None:
 
 def _pdf_pickled(payload: bytes) -> tuple[Path | None, int]:
     return write_pdf(*pickle.loads(payload)), os.getpid()
+
+
+def distributions() -> dict[str, list[str]] | None:
+    """The installed distributions by top-level module, as the worker found them when it started
+    (None without a worker). Mapping them costs a few tenths of a second that MLflow would
+    otherwise spend in the flow's process, at every model it logs."""
+    future = _distributions
+    try:
+        return future.result(timeout=30) if future is not None else None
+    except Exception:  # noqa: BLE001 - MLflow then maps them itself
+        return None
 
 
 def worker_pid() -> int | None:
@@ -153,6 +186,19 @@ class Drawing:
                     stop()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="segml-draw")
         self._all = self._thread.submit(draw, folder, figures, pages, footer)
+
+    def abandon(self) -> None:
+        """Wait for this drawing to end and drop what it drew: a drawing started afterwards into the
+        same folder then writes every file last (the files are written atomically, each replacing
+        the one before)."""
+        for future in (self._report, self._all):
+            if future is not None:
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001 - dropped either way; the next drawing says what fails
+                    pass
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
 
     def result(self) -> tuple[dict[str, Path], Path | None]:
         if self._all is not None:

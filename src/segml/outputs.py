@@ -18,8 +18,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from segml.drawing import Drawing
 
 # First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
 _FORMULA = r"^[=+\-@\t\r]"
@@ -217,16 +221,10 @@ def save_figures(folder: Path, figures: dict) -> dict[str, Path]:
 
 
 def stage_files(folder: Path, assignments: pd.DataFrame, tables: dict[str, pd.DataFrame | Path],
-                figures: dict, report_pages: list | None = None, footer: str = "") -> dict[str, Path]:
-    """Render a run's files into ``folder`` (a staging area): tables, plots as PNG, the PDF report
-    (``footer`` on every page).
-
-    The figures are drawn by :mod:`segml.drawing` (in its worker process when one was started, else
-    in a thread of this process) while this thread writes the tables.
-    """
-    from segml import drawing
-
-    under_way = drawing.render(folder, figures, report_pages, footer)
+                under_way: Drawing) -> dict[str, Path]:
+    """Write a run's tables into ``folder`` (a staging area) while its figures (PNG) and PDF report
+    are drawn there (``under_way``, from :func:`segml.drawing.render`: in its worker process when one
+    was started, else in a thread of this process); returns every file written, once all are."""
     written = write_results(folder, assignments, tables)
     figures_written, report = under_way.result()
     written.update(figures_written)

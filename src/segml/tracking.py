@@ -382,6 +382,7 @@ def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names
     The segml package is shipped with the model (``code_paths``) so it loads
     where segml is not installed.
     """
+    _map_installed_packages()
     pyfunc = SegmentPyfunc(model, names)
     example = example[model.features].head(5)
     signature = _signature(example)
@@ -401,6 +402,37 @@ def log_model(handle: RunHandle, config: SegmlConfig, model: SegmentModel, names
         version = _register(client, config.registered_model_name, info, handle.run_id, description, tags or {})
     _record_digest(handle, config.registered_model_name, version, info.model_id)
     return info.model_uri, version
+
+
+def _map_installed_packages() -> None:
+    """Hand MLflow the installed packages the drawing worker mapped, if it did.
+
+    ``log_model`` checks the model's requirements against the installed packages, and to do so
+    first maps every installed distribution to its modules, once per process: 0.6 s on the path a
+    run waits for. The worker maps them on the other core while the flow reads and fits. This
+    reaches into MLflow's module (its one cache of that map); when MLflow has moved on, it maps
+    them itself as before."""
+    from segml import drawing
+
+    try:
+        from mlflow.utils import requirements_utils as requirements
+    except ImportError:
+        return
+    if getattr(requirements, "_MODULES_TO_PACKAGES", "absent") is not None:
+        return  # mapped already, or not how MLflow does it any more
+    found = drawing.distributions()
+    metadata = getattr(requirements, "importlib_metadata", None)
+    if found is None or not callable(getattr(metadata, "packages_distributions", None)):
+        return
+    own = metadata.packages_distributions
+    metadata.packages_distributions = lambda: {module: list(names) for module, names in found.items()}
+    try:
+        requirements._init_modules_to_packages_map()
+    except Exception as exc:  # noqa: BLE001 - MLflow maps them itself at log_model
+        log.debug("installed packages not handed to MLflow: %r", exc)
+        requirements._MODULES_TO_PACKAGES = None
+    finally:
+        metadata.packages_distributions = own
 
 
 def _signature(example: pd.DataFrame):
@@ -615,6 +647,23 @@ def champion_version(config: SegmlConfig) -> int | None:
             return None
         raise
     return int(version.version)
+
+
+def next_version(config: SegmlConfig) -> int | None:
+    """The version number the next registration of the config's model will most likely get (the
+    highest version now, plus one; 1 for a model not registered yet), or None when the registry
+    cannot tell. A guess only: a concurrent registration, or a deleted last version, takes or skips
+    the number, so whoever uses it checks it against the version actually registered."""
+    from mlflow.exceptions import MlflowException
+
+    name = config.registered_model_name
+    try:
+        found = _client(tracking_uri(config)).search_model_versions(
+            f"name = '{name}'", max_results=1, order_by=["version_number DESC"])
+    except (MlflowException, SegmlError) as exc:
+        log.debug("no guess at the next model version of %r: %s", name, exc)
+        return None
+    return int(found[0].version) + 1 if found else 1
 
 
 def set_champion(config: SegmlConfig, run_id: str, version: int) -> None:
