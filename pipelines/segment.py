@@ -617,20 +617,33 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
                 data.forward_days = cfg.quality.forward_horizon_days
             return data
 
-        expected = tracking.next_version(cfg)
-        data = describe(expected)
         with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
             staging = Path(tmp)
-            progress.step("drawing the figures and the report; registering the model")
-            # The report is drawn on the other core while the model is registered; it names the model
-            # version, so it is drawn with the version expected and again should another one be given.
-            figures, under_way = start_drawing(staging, cfg, purchases, candidates, scored, identity, migration,
-                                               model, data)
+
+            def draw(version: int | None) -> tuple[report_pages.ReportData, dict, drawing.Drawing]:
+                data = describe(version)
+                return (data, *start_drawing(staging, cfg, purchases, candidates, scored, identity, migration,
+                                             model, data))
+
+            # With the drawing worker, the report is drawn on the other core while the model is registered;
+            # it names the model version, so it is drawn with the version expected, and again should
+            # another one be given. Drawn in a thread, it would only slow the registration down: it is
+            # then drawn once the version is known, while the tables are written.
+            under_way, expected = None, None
+            if drawing.has_worker():
+                expected = tracking.next_version(cfg)
+                progress.step("drawing the figures and the report; registering the model")
+                data, figures, under_way = draw(expected)
+            else:
+                progress.step("registering the model")
             try:
                 assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration,
                                                       gates)
                 record_run(handle, cfg, purchases, candidates, metrics)
-                if version != expected:
+                if under_way is None:
+                    progress.step("drawing the figures and the report")
+                    data, figures, under_way = draw(version)
+                elif version != expected:
                     logger.info("model version %d registered where %s was expected: drawing the report again",
                                 version, expected)
                     data = describe(version)
@@ -640,7 +653,8 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
                 tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(
                     data, links, "Passed its gates; not published yet (see the tag segml.publication).")})
             except BaseException:
-                under_way.abandon()  # before its folder is removed
+                if under_way is not None:
+                    under_way.abandon()  # before its folder is removed
                 raise
             render_files(staging, cfg, config_path, purchases, candidates, scored, identity, migration,
                          assignments, run_tables, under_way)

@@ -223,8 +223,9 @@ def _page_texts(pages: list) -> str:
 
 def test_the_report_names_the_registered_model_version_even_when_another_was_expected(
         prefect_harness, tmp_path, monkeypatch):
-    """The report is drawn while the model is registered, with the version the registry is expected
-    to give; when another registration took that number first, the report is drawn again."""
+    """With the drawing worker, the report is drawn while the model is registered, naming the version
+    the registry is expected to give; when another registration took that number first, the report is
+    drawn again. Drawn in a thread, it waits for the version instead."""
     from segml import drawing
 
     config_path = write_flow_config(tmp_path)
@@ -236,16 +237,26 @@ def test_the_report_names_the_registered_model_version_even_when_another_was_exp
         return render(folder, figures, pages, footer)
 
     monkeypatch.setattr(drawing, "render", watched)
-    with monkeypatch.context() as wrong:
-        wrong.setattr(tracking, "next_version", lambda config: 99)
-        first = segment_customers(str(config_path))
-    assert first["model_version"] == 1 and len(reports) == 2
-    assert "version 99." in reports[0] and "version 1." in reports[1] and "version 99" not in reports[1]
+    drawing.start()
+    try:
+        assert drawing.has_worker()
+        with monkeypatch.context() as wrong:
+            wrong.setattr(tracking, "next_version", lambda config: 99)
+            first = segment_customers(str(config_path))
+        assert first["model_version"] == 1 and len(reports) == 2
+        assert "version 99." in reports[0] and "version 1." in reports[1] and "version 99" not in reports[1]
 
-    reports.clear()  # the next run guesses right: one drawing
-    second = segment_customers(str(config_path))
-    assert second["model_version"] == 2 and len(reports) == 1 and "version 2." in reports[0]
-    assert (Path(second["output_dir"]) / "segment_report.pdf").stat().st_size > 10_000
+        reports.clear()  # the next run guesses right: one drawing
+        second = segment_customers(str(config_path))
+        assert second["model_version"] == 2 and len(reports) == 1 and "version 2." in reports[0]
+        assert (Path(second["output_dir"]) / "segment_report.pdf").stat().st_size > 10_000
+    finally:
+        drawing.stop()
+
+    reports.clear()  # in a thread: drawn once, after the registration, whatever the guess
+    monkeypatch.setattr(tracking, "next_version", lambda config: 99)
+    third = segment_customers(str(config_path), force=True)
+    assert third["model_version"] == 3 and len(reports) == 1 and "version 3." in reports[0]
 
 
 @pytest.mark.slow

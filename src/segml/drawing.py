@@ -151,6 +151,11 @@ def distributions() -> dict[str, list[str]] | None:
         return None
 
 
+def has_worker() -> bool:
+    """Whether drawings go to the worker process (else they are drawn in a thread of this process)."""
+    return _pool is not None
+
+
 def worker_pid() -> int | None:
     """The drawing worker's process id once it has started (None without a worker)."""
     future = _warming
