@@ -109,6 +109,35 @@ def test_a_server_named_by_prefects_settings_wins_and_the_temporary_one_is_stopp
     assert done.stdout.split() == ["http://127.0.0.1:4999/api", "None", "None"]
 
 
+HEARTBEATS = textwrap.dedent("""
+    from segml import prefect_server
+    prefect_server.start()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+    prefect_server.adopt()
+    print(PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value())
+""")
+
+
+@pytest.mark.parametrize("server, asked, sent", [
+    ("lasting", None, "None"),         # Prefect's default left alone: a command's runs send none
+    ("lasting", "60", "60"),           # asked for in the environment: kept
+    ("lasting", "toml", "45"),         # asked for in prefect.toml: kept
+    ("temporary", "60", "None"),       # the temporary server ends with the command: never
+])
+def test_a_commands_flow_runs_send_heartbeats_only_when_prefects_settings_ask(tmp_path, server, asked, sent):
+    env = _without_server(tmp_path)
+    if server == "lasting":
+        env["PREFECT_API_URL"] = "http://127.0.0.1:4999/api"
+    if asked == "toml":
+        (tmp_path / "prefect.toml").write_text("[flows]\nheartbeat_frequency = 45\n")
+    elif asked:
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = asked
+    done = subprocess.run([sys.executable, "-c", HEARTBEATS], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [sent]
+
+
 def test_no_temporary_server_when_the_environment_names_one(monkeypatch):
     from segml import prefect_server
 

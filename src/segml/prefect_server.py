@@ -39,6 +39,7 @@ TEMPORARY = "SEGML_PREFECT_TEMPORARY_SERVER"
 _process: subprocess.Popen | None = None
 _port: int | None = None
 _settings: contextlib.ExitStack | None = None
+_adopted = False  # whether this command's Prefect talks to the temporary server
 
 
 def _free_port() -> int:
@@ -95,8 +96,8 @@ def url() -> str | None:
 
 def stop() -> None:
     """Stop the temporary server (at exit, or when Prefect's settings name another server)."""
-    global _process, _port, _settings
-    process, _process, _port = _process, None, None
+    global _process, _port, _settings, _adopted
+    process, _process, _port, _adopted = _process, None, None, False
     os.environ.pop(TEMPORARY, None)
     if _settings is not None:
         settings, _settings = _settings, None
@@ -145,22 +146,42 @@ def adopt() -> None:
     """Make the temporary server :func:`start` started this process's Prefect server, for the rest of
     the command (as Prefect's test harness does, through ``temporary_settings``), unless Prefect's own
     settings (a profile, ``prefect.toml``) name a server: that one is used and the temporary server is
-    stopped. Call once Prefect is imported; :func:`wait` before the first flow."""
-    global _settings
-    if _process is None or _settings is not None:
+    stopped. Flow runs of the command send no heartbeats unless Prefect's settings ask for them
+    (:func:`_heartbeats_asked`). Call once Prefect is imported; :func:`ready` before the first flow."""
+    global _settings, _adopted
+    if _settings is not None:
         return
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    if PREFECT_API_URL.value():
-        stop()
-        return
-    _settings = contextlib.ExitStack()
-    # No flow run heartbeats: they let a lasting server notice a run whose process died, and this
-    # server ends with the process. Prefect stops its heartbeat thread by joining it, up to a second
-    # at the end of every flow run.
-    _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url(),
-                                                        PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
-    os.environ[TEMPORARY] = "1"
+    updates = {}
+    if _process is not None:
+        if PREFECT_API_URL.value():
+            stop()
+        else:
+            updates[PREFECT_API_URL] = url()
+            _adopted = True
+    # Heartbeats let a deployment's flow runs be marked crashed once they stop (an automation on the
+    # server, Prefect's zombie detection); a command's own runs are not a deployment's, its temporary
+    # server ends with it, and Prefect stops the heartbeat thread by joining it: up to a second at the
+    # end of every flow run. segml finds a run whose process died itself (pipelines/publication.py).
+    if _adopted or not _heartbeats_asked():
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    if updates:
+        _settings = contextlib.ExitStack()
+        _settings.enter_context(temporary_settings(updates=updates))
+    if _adopted:
+        os.environ[TEMPORARY] = "1"
+
+
+def _heartbeats_asked() -> bool:
+    """Whether Prefect's settings (the environment, a profile, ``prefect.toml``) set the flow run
+    heartbeat frequency rather than leave Prefect's default."""
+    from prefect.settings import get_current_settings
+
+    try:
+        return "heartbeat_frequency" in get_current_settings().flows.model_fields_set
+    except AttributeError:  # settings shaped otherwise: leave Prefect's choice alone
+        return True
 
 
 def answers() -> bool:
@@ -175,7 +196,7 @@ def answers() -> bool:
 def ready(meanwhile=None) -> None:
     """Wait for the adopted temporary server (:func:`adopt`), within Prefect's start-up timeout;
     ``meanwhile`` (a function) is called first when the server does not answer yet."""
-    if _settings is None:
+    if not _adopted:
         return
     if meanwhile is not None and not answers():
         meanwhile()
