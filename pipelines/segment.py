@@ -8,6 +8,7 @@ marks the MLflow run failed, and nothing is published.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -323,26 +324,27 @@ def report_footer(config: SegmlConfig, data: report_pages.ReportData) -> str:
     return f"segml · {config.name} · as of {data.as_of} · MLflow run {data.run_id}"
 
 
-@task(cache_policy=NO_CACHE)
 def start_drawing(staging: Path, config: SegmlConfig, purchases: Purchases, candidates: pd.DataFrame,
                   scored: Quality, identity: Identity, migration: Migration, model: SegmentModel,
-                  data: report_pages.ReportData) -> tuple[dict, drawing.Drawing]:
-    """The run's figures, and their drawing (PNG files and the PDF report) started into ``staging``:
+                  data: report_pages.ReportData) -> drawing.Drawing:
+    """The run's figures made, and their drawing (PNG files and the PDF report) started into ``staging``:
     :func:`render_files` waits for it. Started before the model is registered, so the report is drawn
     on the other core meanwhile (``data`` names the version the registration is expected to give; a
-    different one has the report drawn again, :func:`redraw`)."""
+    different one has the report drawn again, :func:`redraw`). Not a Prefect task: what it returns is a
+    drawing under way, which no result store could keep."""
     figures = report_figures(config, purchases, candidates, scored, identity, migration, model)
     pages = report_document(data, figures, purchases.report.as_frame())
-    return figures, drawing.render(staging, figures, pages, report_footer(config, data))
-
-
-def redraw(staging: Path, config: SegmlConfig, purchases: Purchases, figures: dict, under_way: drawing.Drawing,
-           data: report_pages.ReportData) -> drawing.Drawing:
-    """The drawing again, its report from ``data`` (after the first drawing ends, so this one's files
-    are written last)."""
-    under_way.abandon()
-    pages = report_document(data, figures, purchases.report.as_frame())
     return drawing.render(staging, figures, pages, report_footer(config, data))
+
+
+def redraw(staging: Path, config: SegmlConfig, purchases: Purchases, candidates: pd.DataFrame, scored: Quality,
+           identity: Identity, migration: Migration, model: SegmentModel, under_way: drawing.Drawing,
+           data: report_pages.ReportData) -> drawing.Drawing:
+    """The drawing again, its report from ``data``, once the first drawing has ended (so this one's
+    files are written last). The figures are made again too: a report drawn in this process lays its
+    figures out as pages (A4, a footer)."""
+    under_way.abandon()
+    return start_drawing(staging, config, purchases, candidates, scored, identity, migration, model, data)
 
 
 @task(cache_policy=NO_CACHE)
@@ -617,45 +619,43 @@ def segment_customers(config: str | Path, as_of: dt.date | None = None, force: b
                 data.forward_days = cfg.quality.forward_horizon_days
             return data
 
-        with tempfile.TemporaryDirectory(prefix="segml-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="segml-") as tmp, contextlib.ExitStack() as drawings:
             staging = Path(tmp)
+            under_way, expected = None, None
+            # Whatever ends this block, a drawing still under way ends before its folder is removed (it
+            # would write the report again into a folder made anew, and leave it behind); after
+            # render_files has waited for it, this costs nothing.
+            drawings.callback(lambda: under_way is not None and under_way.abandon())
 
-            def draw(version: int | None) -> tuple[report_pages.ReportData, dict, drawing.Drawing]:
+            def draw(version: int | None) -> tuple[report_pages.ReportData, drawing.Drawing]:
                 data = describe(version)
-                return (data, *start_drawing(staging, cfg, purchases, candidates, scored, identity, migration,
-                                             model, data))
+                return data, start_drawing(staging, cfg, purchases, candidates, scored, identity, migration,
+                                           model, data)
 
             # With the drawing worker, the report is drawn on the other core while the model is registered;
             # it names the model version, so it is drawn with the version expected, and again should
             # another one be given. Drawn in a thread, it would only slow the registration down: it is
             # then drawn once the version is known, while the tables are written.
-            under_way, expected = None, None
-            if drawing.has_worker():
-                expected = tracking.next_version(cfg)
+            if drawing.has_worker() and (expected := tracking.next_version(cfg)) is not None:
                 progress.step("drawing the figures and the report; registering the model")
-                data, figures, under_way = draw(expected)
+                data, under_way = draw(expected)
             else:
                 progress.step("registering the model")
-            try:
-                assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration,
-                                                      gates)
-                record_run(handle, cfg, purchases, candidates, metrics)
-                if under_way is None:
-                    progress.step("drawing the figures and the report")
-                    data, figures, under_way = draw(version)
-                elif version != expected:
-                    logger.info("model version %d registered where %s was expected: drawing the report again",
-                                version, expected)
-                    data = describe(version)
-                    under_way = redraw(staging, cfg, purchases, figures, under_way, data)
-                destination = publication.destination_of(cfg, as_of, "refit")
-                links = run_links(handle, destination / "segment_report.pdf")
-                tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(
-                    data, links, "Passed its gates; not published yet (see the tag segml.publication).")})
-            except BaseException:
-                if under_way is not None:
-                    under_way.abandon()  # before its folder is removed
-                raise
+            assignments, version = register_model(handle, cfg, purchases, model, segments, base, migration, gates)
+            record_run(handle, cfg, purchases, candidates, metrics)
+            if under_way is None:
+                progress.step("drawing the figures and the report")
+                data, under_way = draw(version)
+            elif version != expected:
+                logger.info("model version %d registered where %s was expected: drawing the report again",
+                            version, expected)
+                data = describe(version)
+                under_way = redraw(staging, cfg, purchases, candidates, scored, identity, migration, model,
+                                   under_way, data)
+            destination = publication.destination_of(cfg, as_of, "refit")
+            links = run_links(handle, destination / "segment_report.pdf")
+            tracking.set_tags(handle.uri, handle.run_id, {"mlflow.note.content": report_pages.markdown_summary(
+                data, links, "Passed its gates; not published yet (see the tag segml.publication).")})
             render_files(staging, cfg, config_path, purchases, candidates, scored, identity, migration,
                          assignments, run_tables, under_way)
             log_files(handle, staging)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import time
 from pathlib import Path
 
 import mlflow
@@ -142,6 +144,36 @@ def test_a_failed_step_fails_the_flow_marks_the_run_failed_and_publishes_nothing
     assert not Path(config.output.dir).exists()
 
 
+def test_a_run_failing_while_its_report_is_drawn_leaves_no_file_behind(prefect_harness, tmp_path, monkeypatch):
+    """The model cannot be logged (the artifact store is full) while the worker draws the report: the
+    run fails, the drawing ends before its staging folder is removed, and no copy of the report is
+    left in that folder, or in one made anew for it."""
+    import tempfile
+
+    from segml import drawing
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracking, "log_model", full)
+    config_path = write_flow_config(tmp_path / "run")
+    drawing.start()
+    try:
+        state = segment_customers(str(config_path), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(OSError, match="No space left"):
+            state.result()
+        time.sleep(3)  # time enough for a drawing left running to write its report
+    finally:
+        drawing.stop()
+    assert list(scratch.rglob("*.pdf")) == [] and list(scratch.rglob("*.png")) == []
+    assert not Path(load_config(config_path).output.dir).exists()
+
+
 @pytest.mark.slow
 def test_gaussian_mixture_run_logs_bic_and_probabilities(prefect_harness, tmp_path):
     config_path = write_flow_config(tmp_path, model={"algorithm": "gmm", "k_range": [3, 6], "criterion": "bic",
@@ -214,8 +246,6 @@ def test_the_mlflow_run_and_model_version_describe_themselves(flow_run):
 
 
 def _page_texts(pages: list) -> str:
-    import re
-
     from matplotlib.text import Text
 
     return re.sub(r"\s+", " ", " ".join(t.get_text() for page in pages or [] for t in page.findobj(Text)))
@@ -229,12 +259,22 @@ def test_the_report_names_the_registered_model_version_even_when_another_was_exp
     from segml import drawing
 
     config_path = write_flow_config(tmp_path)
+    from matplotlib.figure import Figure
+
     reports: list[str] = []
+    counts: list[int] = []
     render = drawing.render
 
     def watched(folder, figures, pages=None, footer=""):
         reports.append(_page_texts(pages))
+        if len(reports) == 1:  # the first report gets three more pages, to tell the two files apart
+            pages = [*pages, Figure(), Figure(), Figure()]
+        counts.append(len(pages))
         return render(folder, figures, pages, footer)
+
+    def published_pages(summary) -> int:
+        pdf = (Path(summary["output_dir"]) / "segment_report.pdf").read_bytes()
+        return len(re.findall(rb"/Type\s*/Page\b", pdf))
 
     monkeypatch.setattr(drawing, "render", watched)
     drawing.start()
@@ -245,6 +285,7 @@ def test_the_report_names_the_registered_model_version_even_when_another_was_exp
             first = segment_customers(str(config_path))
         assert first["model_version"] == 1 and len(reports) == 2
         assert "version 99." in reports[0] and "version 1." in reports[1] and "version 99" not in reports[1]
+        assert published_pages(first) == counts[1] == counts[0] - 3  # the second drawing's file is the one kept
 
         reports.clear()  # the next run guesses right: one drawing
         second = segment_customers(str(config_path))

@@ -138,6 +138,29 @@ def test_a_commands_flow_runs_send_heartbeats_only_when_prefects_settings_ask(tm
     assert done.stdout.split() == [sent]
 
 
+MOVED = textwrap.dedent("""
+    import subprocess, sys
+    from segml import prefect_server
+    prefect_server.start()
+    from prefect.settings import PREFECT_API_URL
+    prefect_server.adopt()
+    first = prefect_server.url()
+    prefect_server._process.kill(); prefect_server._process.wait()
+    # as uvicorn ends when its port was taken meanwhile
+    prefect_server._process = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    prefect_server._process.wait()
+    prefect_server.wait(120)
+    print(first != prefect_server.url(), PREFECT_API_URL.value() == prefect_server.url(), prefect_server.answers())
+""")
+
+
+def test_a_temporary_server_started_again_on_another_port_is_the_one_prefect_talks_to(tmp_path):
+    done = subprocess.run([sys.executable, "-c", MOVED], env=_without_server(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True"]
+
+
 def test_no_temporary_server_when_the_environment_names_one(monkeypatch):
     from segml import prefect_server
 

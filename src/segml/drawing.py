@@ -48,7 +48,9 @@ def _start_worker() -> None:
     import atexit
 
     die_with_parent()
-    # Registered first, so it runs last: multiprocessing has cleaned up by then.
+    # Exit handlers run when the worker's interpreter exits, after multiprocessing has cleaned up;
+    # this one ends the process there (handlers registered before it, such as logging's, are
+    # skipped: the worker has nothing left to flush).
     atexit.register(os._exit, 0)
 
 
@@ -214,7 +216,11 @@ class Drawing:
                 self._thread.shutdown(wait=False)
         from segml.outputs import save_figures
 
-        drawn = save_figures(self.folder / "plots", self.figures)
+        try:
+            drawn = save_figures(self.folder / "plots", self.figures)
+        except BaseException:
+            self.abandon()  # the report ends before the caller removes its folder
+            raise
         try:
             report, self.report_pid = self._report.result()
             return drawn, report

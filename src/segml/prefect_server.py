@@ -127,6 +127,7 @@ def wait(timeout: float) -> None:
             attempts += 1
             _port = _free_port()
             _process = _spawn(_port)
+            _moved()
             continue
         if code is not None:
             stop()
@@ -169,8 +170,17 @@ def adopt() -> None:
     if updates:
         _settings = contextlib.ExitStack()
         _settings.enter_context(temporary_settings(updates=updates))
+        atexit.register(stop)  # the settings are the command's: left when it ends (again, harmlessly)
     if _adopted:
         os.environ[TEMPORARY] = "1"
+
+
+def _moved() -> None:
+    """The adopted temporary server started again on another port: Prefect talks to it there."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if _settings is not None and _adopted:
+        _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url()}))
 
 
 def _heartbeats_asked() -> bool:
