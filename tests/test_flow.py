@@ -144,6 +144,7 @@ def test_a_failed_step_fails_the_flow_marks_the_run_failed_and_publishes_nothing
     assert not Path(config.output.dir).exists()
 
 
+@pytest.mark.slow
 def test_a_run_failing_while_its_report_is_drawn_leaves_no_file_behind(prefect_harness, tmp_path, monkeypatch):
     """The model cannot be logged (the artifact store is full) while the worker draws the report: the
     run fails, the drawing ends before its staging folder is removed, and no copy of the report is
@@ -251,6 +252,7 @@ def _page_texts(pages: list) -> str:
     return re.sub(r"\s+", " ", " ".join(t.get_text() for page in pages or [] for t in page.findobj(Text)))
 
 
+@pytest.mark.slow
 def test_the_report_names_the_registered_model_version_even_when_another_was_expected(
         prefect_harness, tmp_path, monkeypatch):
     """With the drawing worker, the report is drawn while the model is registered, naming the version
