@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +57,11 @@ HAND_FEATURES = pd.DataFrame(
     },
     index=pd.Index(["A", "B", "C"], name="customer_id"),
 )
+
+
+def pdf_pages(pdf: Path) -> int:
+    """The number of pages of the PDF file ``pdf``."""
+    return len(re.findall(rb"/Type\s*/Page\b", pdf.read_bytes()))
 
 
 def hand_frame() -> pd.DataFrame:

@@ -4,7 +4,6 @@ a figure that does not pickle or a worker that dies still gives the report."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from conftest import pdf_pages
 from segml import drawing
 from segml.plots import plot_segment_sizes, plot_snake
 
@@ -34,10 +34,6 @@ def _text_page(title: str) -> Figure:
     page = Figure()
     page.text(0.1, 0.9, title)
     return page
-
-
-def _pages_in(pdf: Path) -> int:
-    return len(re.findall(rb"/Type\s*/Page\b", pdf.read_bytes()))
 
 
 @pytest.fixture
@@ -62,7 +58,7 @@ def test_the_worker_draws_the_report_and_this_process_the_figures(tmp_path, work
     assert pid == drawing.worker_pid() != os.getpid()
     assert sorted(drawn) == ["plot_segment_sizes", "plot_snake_plot"]
     assert all(path.stat().st_size > 1000 for path in drawn.values())
-    assert _pages_in(report) == 3
+    assert pdf_pages(report) == 3
 
     drawing.stop()  # the same drawing in a thread of this process: the same files
     figures = _figures()
@@ -70,7 +66,7 @@ def test_the_worker_draws_the_report_and_this_process_the_figures(tmp_path, work
                                               [_text_page("Overview"), figures["segment_sizes"], figures["snake_plot"]])
     assert pid_here == os.getpid()
     assert sorted(p.name for p in drawn_here.values()) == sorted(p.name for p in drawn.values())
-    assert _pages_in(report_here) == 3
+    assert pdf_pages(report_here) == 3
 
 
 def test_a_figure_that_does_not_pickle_is_drawn_here(tmp_path, worker):
@@ -79,7 +75,7 @@ def test_a_figure_that_does_not_pickle_is_drawn_here(tmp_path, worker):
     local.add_subplot().xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1f}"))
     drawn, report, pid = _draw(tmp_path, figures, [local, figures["segment_sizes"]])
     assert pid == os.getpid()
-    assert _pages_in(report) == 2 and len(drawn) == 2
+    assert pdf_pages(report) == 2 and len(drawn) == 2
 
 
 def test_a_worker_that_dies_leaves_the_report_to_this_process(tmp_path, worker):
@@ -88,7 +84,7 @@ def test_a_worker_that_dies_leaves_the_report_to_this_process(tmp_path, worker):
     figures = _figures()
     drawn, report, pid = _draw(tmp_path, figures, [_text_page("Overview"), figures["snake_plot"]])
     assert pid == os.getpid()
-    assert _pages_in(report) == 2 and len(drawn) == 2
+    assert pdf_pages(report) == 2 and len(drawn) == 2
     assert drawing.worker_pid() is None  # stopped; the next start makes a new one
 
 
@@ -108,7 +104,7 @@ def test_a_drawing_started_again_writes_its_report_last(tmp_path, worker):
     second = drawing.render(tmp_path, figures, [_text_page("version 8"), figures["segment_sizes"],
                                                 figures["snake_plot"]], "footer text")
     drawn, report = second.result()
-    assert _pages_in(report) == 3 and sorted(drawn) == ["plot_segment_sizes", "plot_snake_plot"]
+    assert pdf_pages(report) == 3 and sorted(drawn) == ["plot_segment_sizes", "plot_snake_plot"]
 
 
 def test_a_drawing_in_a_thread_started_again_writes_its_report_last(tmp_path):
@@ -117,7 +113,7 @@ def test_a_drawing_in_a_thread_started_again_writes_its_report_last(tmp_path):
     first = drawing.render(tmp_path, figures, [_text_page("one")] * 4, "footer text")
     first.abandon()
     drawn, report = drawing.render(tmp_path, figures, [_text_page("two")], "footer text").result()
-    assert _pages_in(report) == 1 and len(drawn) == 2
+    assert pdf_pages(report) == 1 and len(drawn) == 2
 
 
 def test_the_worker_maps_the_installed_packages_as_mlflow_would(worker):

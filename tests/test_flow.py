@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import write_flow_config
+from conftest import pdf_pages, write_flow_config
 from segml import tracking
 from pipelines.segment import segment_customers
 from segml.config import load_config
@@ -260,9 +260,9 @@ def test_the_report_names_the_registered_model_version_even_when_another_was_exp
     drawn again. Drawn in a thread, it waits for the version instead."""
     from segml import drawing
 
-    config_path = write_flow_config(tmp_path)
     from matplotlib.figure import Figure
 
+    config_path = write_flow_config(tmp_path)
     reports: list[str] = []
     counts: list[int] = []
     render = drawing.render
@@ -274,10 +274,6 @@ def test_the_report_names_the_registered_model_version_even_when_another_was_exp
         counts.append(len(pages))
         return render(folder, figures, pages, footer)
 
-    def published_pages(summary) -> int:
-        pdf = (Path(summary["output_dir"]) / "segment_report.pdf").read_bytes()
-        return len(re.findall(rb"/Type\s*/Page\b", pdf))
-
     monkeypatch.setattr(drawing, "render", watched)
     drawing.start()
     try:
@@ -287,7 +283,7 @@ def test_the_report_names_the_registered_model_version_even_when_another_was_exp
             first = segment_customers(str(config_path))
         assert first["model_version"] == 1 and len(reports) == 2
         assert "version 99." in reports[0] and "version 1." in reports[1] and "version 99" not in reports[1]
-        assert published_pages(first) == counts[1] == counts[0] - 3  # the second drawing's file is the one kept
+        assert pdf_pages(Path(first["output_dir"]) / "segment_report.pdf") == counts[1] == counts[0] - 3  # the second drawing's file is the one kept
 
         reports.clear()  # the next run guesses right: one drawing
         second = segment_customers(str(config_path))
